@@ -1,0 +1,28 @@
+"""The one place where keras_raptr differs by backend: running a stack of
+blocks of which only the ones in a mask are computed.
+
+Every implementation has the signature
+
+    run_blocks(x, blocks, free_index, mask, call_kwargs, post)
+
+- `blocks`: the layers, in depth order.
+- `free_index[i]`: `None` for a fixed block (always runs, output unchanged);
+  otherwise the position of block `i` in `mask`.
+- `mask`: boolean tensor over the non-fixed blocks, `True` = run.
+- `call_kwargs`: keyword arguments passed to every block call.
+- `post(x, y)`: applied to a non-fixed block's output (scaling, dtype).
+
+A skipped block is identity, is not computed forward or backward, and its
+trainable weights receive a zero gradient on every backend.
+"""
+
+import keras
+
+_BACKEND = keras.config.backend()
+
+if _BACKEND == "jax":
+    from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
+elif _BACKEND == "torch":
+    from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
+else:
+    from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401

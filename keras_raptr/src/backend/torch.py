@@ -1,0 +1,52 @@
+"""PyTorch: the mask is read on the host once per step; Python skips blocks.
+
+A skipped block is not called at all, so autograd would leave its gradients
+at `None` (and Keras would warn about missing gradients on every step). To
+give skipped weights the same zero gradient as on JAX and TensorFlow, the
+skipped position is an identity whose backward returns zeros for the block's
+weights; it computes nothing in the forward pass.
+
+Under `torch.compile` (`jit_compile=True`) the dispatch runs outside the
+compiled graph (`torch.compiler.disable`): branching on the mask inside the
+graph would recompile for every new subset.
+"""
+
+import torch
+
+
+class _IdentityWithZeroGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, *weights):
+        ctx.shapes = [(w.shape, w.dtype, w.device) for w in weights]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        zeros = [
+            torch.zeros(shape, dtype=dtype, device=device)
+            for shape, dtype, device in ctx.shapes
+        ]
+        return (grad, *zeros)
+
+
+def _skip(block, x):
+    if not torch.is_grad_enabled():
+        return x
+    weights = [v.value for v in block.trainable_variables]
+    weights = [w for w in weights if w.requires_grad]
+    if not weights:
+        return x
+    return _IdentityWithZeroGrad.apply(x, *weights)
+
+
+@torch.compiler.disable
+def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
+    keep = mask.tolist()  # the step's one host synchronisation
+    for block, index in zip(blocks, free_index):
+        if index is None:
+            x = block(x, **call_kwargs)
+        elif keep[index]:
+            x = post(x, block(x, **call_kwargs))
+        else:
+            x = _skip(block, x)
+    return x

@@ -1,0 +1,246 @@
+import logging
+
+import keras
+from keras import ops
+
+from keras_raptr.src.api_export import raptr_export
+from keras_raptr.src.callbacks.schedule import ResolvedSchedule
+from keras_raptr.src.callbacks.schedule import parse_schedule
+from keras_raptr.src.callbacks.schedule import stage_starts
+from keras_raptr.src.layers.random_part_stack import RandomPartStack
+from keras_raptr.src.layers.random_part_stack import validate_keep_count
+
+logger = logging.getLogger(__name__)
+
+
+def find_stacks(model, layer_name=None):
+    """Every `RandomPartStack` inside `model` (or the one named `layer_name`)."""
+    stacks = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, RandomPartStack)
+    ]
+    if layer_name is not None:
+        stacks = [stack for stack in stacks if stack.name == layer_name]
+        if not stacks:
+            raise ValueError(
+                "Invalid value for `layer_name`. The model has no "
+                f"RandomPartStack named {layer_name!r}. Received: "
+                f"layer_name={layer_name!r}"
+            )
+    if not stacks:
+        raise ValueError(
+            "StageScheduler needs a model that contains a "
+            "`keras_raptr.RandomPartStack`; this model has none."
+        )
+    return stacks
+
+
+@raptr_export("keras_raptr.callbacks.StageScheduler")
+class StageScheduler(keras.callbacks.Callback):
+    """Moves the model's `RandomPartStack` layers through RaPTr stages.
+
+    At each stage boundary the callback sets `keep_count` of every
+    `RandomPartStack` in the model (or of the one named `layer_name`); the
+    new value is used from the very next training step, on every backend.
+    The stage follows from the global training step (the stack's `step`
+    counter, saved with the weights), not from the steps seen since this
+    `fit` began, so a run resumed with
+    `BackupAndRestore`, `ModelCheckpoint` + `initial_epoch` or `load_model`
+    continues in the right stage. Steps where the stage does not change cost
+    one integer comparison. With `steps_per_execution=N` a boundary inside an
+    execution of N steps takes effect at the start of the next execution.
+
+    At the end of every epoch it writes `keep_count` and
+    `block_flops_saved` (the fraction of block FLOPs saved so far by the
+    schedule, against running every block at every step) into `logs`, so
+    `History`, `CSVLogger` and `TensorBoard` record them; place it before
+    those callbacks in the `callbacks` list.
+
+    Args:
+        schedule: the stages. A string of keep counts joined by `-`, e.g.
+            `"6-8-10-12"`: equal stages over `total_steps` (or, with
+            `unit="epochs"`, over the epochs of `fit`). Or a list of
+            `(keep_count, length)` pairs, `length` in `unit`; the last length
+            may be `None` (until training ends).
+        total_steps: int. Steps in the whole training run, for string
+            schedules and `unit="fraction"`. Defaults to `None`: `epochs *
+            steps_per_epoch` of the `fit` call (which counts from epoch 0,
+            also when resuming with `initial_epoch`).
+        unit: `"steps"`, `"epochs"` (stages switch at epoch starts) or
+            `"fraction"` (lengths are fractions of training). Defaults to
+            `"steps"`.
+        layer_name: str. Only drive the `RandomPartStack` with this name.
+            Defaults to `None`: every one in the model.
+        allow_decreasing: bool. Allow a keep count lower than the stage
+            before. Defaults to `False`.
+        allow_partial_final: bool. Allow a last stage that does not run all
+            blocks. Defaults to `False`: RaPTr ends on the full model.
+        verbose: int. `1` logs (at INFO level, and prints) each stage change.
+            Defaults to `1`.
+
+    Example:
+
+    ```python
+    model.fit(
+        dataset,
+        epochs=4,
+        callbacks=[keras_raptr.StageScheduler("6-8-10-12")],
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        schedule,
+        total_steps=None,
+        unit="steps",
+        layer_name=None,
+        allow_decreasing=False,
+        allow_partial_final=False,
+        verbose=1,
+    ):
+        super().__init__()
+        self.keep_counts, self.lengths = parse_schedule(
+            schedule, unit=unit, allow_decreasing=allow_decreasing
+        )
+        if total_steps is not None and (
+            isinstance(total_steps, bool)
+            or not isinstance(total_steps, int)
+            or total_steps < 1
+        ):
+            raise ValueError(
+                "Invalid value for `total_steps`. Expected an int >= 1 or "
+                f"None. Received: total_steps={total_steps!r}"
+            )
+        if total_steps is not None and unit == "epochs":
+            raise ValueError(
+                "Invalid value for `total_steps`. With unit='epochs' the "
+                "stages are counted in epochs; leave `total_steps` None. "
+                f"Received: total_steps={total_steps!r}"
+            )
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self.unit = unit
+        self.layer_name = layer_name
+        self.allow_decreasing = allow_decreasing
+        self.allow_partial_final = allow_partial_final
+        self.verbose = verbose
+        if total_steps is not None:
+            # Check what can be checked before `fit`.
+            stage_starts(self.keep_counts, self.lengths, unit, total_steps)
+        self._stacks = None
+        self._resolved = None
+        self._stage = None
+        self._stage_begin = 0
+        self._stage_end = -1
+        self._epoch_start_step = 0
+        self._step = 0
+
+    # -- set-up ---------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._stacks = find_stacks(self._model, self.layer_name)
+        num_blocks = {stack.num_blocks for stack in self._stacks}
+        if len(num_blocks) > 1:
+            raise ValueError(
+                "The model's RandomPartStack layers hold different numbers "
+                f"of blocks ({sorted(num_blocks)}); one schedule cannot fit "
+                "them all. Use one StageScheduler per stack with "
+                "`layer_name`."
+            )
+        num_blocks = num_blocks.pop()
+        num_fixed = max(len(stack.fixed) for stack in self._stacks)
+        for keep_count in self.keep_counts:
+            validate_keep_count(
+                keep_count, num_blocks, num_fixed, name="schedule"
+            )
+        if self.keep_counts[-1] != num_blocks and not self.allow_partial_final:
+            raise ValueError(
+                "Invalid value for `schedule`. The last stage must run all "
+                f"{num_blocks} blocks (RaPTr ends on the full model); pass "
+                "`allow_partial_final=True` to end on a subnetwork on purpose."
+                f" Received: schedule={self.schedule!r}"
+            )
+        self._num_blocks = num_blocks
+        self._resolved = ResolvedSchedule(
+            self.keep_counts,
+            stage_starts(
+                self.keep_counts, self.lengths, self.unit, self._total()
+            ),
+        )
+        self._stage = None
+        self._stage_end = -1
+
+    def _total(self):
+        if self.unit == "epochs":
+            return self.params.get("epochs")
+        if self.total_steps is not None:
+            return self.total_steps
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if steps is None or epochs is None:
+            return None
+        return steps * epochs
+
+    # -- per epoch / per step -------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # At an epoch start the variables hold the current state on every
+        # backend (JAX syncs at epoch end), so this read forces no sync.
+        self._epoch_start_step = self._global_step()
+        self._step = self._epoch_start_step
+        if self.unit == "epochs":
+            self._enter(self._resolved.stage_at(epoch), epoch)
+
+    def _global_step(self):
+        # The stack's own step counter: it is saved with the weights, drives
+        # the subset sampler, and (unlike `optimizer.iterations`) also counts
+        # the steps a LossScaleOptimizer skips after an overflow.
+        return int(ops.convert_to_numpy(self._stacks[0].step))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step = self._epoch_start_step + batch
+        if self.unit == "epochs":
+            return
+        if self._stage_begin <= self._step < self._stage_end:
+            return  # the cheap path taken on almost every step
+        self._enter(self._resolved.stage_at(self._step), self._step)
+
+    def _enter(self, stage, position):
+        self._stage_begin, self._stage_end = self._resolved.bounds(stage)
+        if stage == self._stage:
+            return
+        keep_count = self._resolved.keep_counts[stage]
+        self.model  # On JAX, writes the in-flight state back to variables.
+        for stack in self._stacks:
+            stack.keep_count.assign(keep_count)
+        if self.verbose:
+            where = "epoch" if self.unit == "epochs" else "step"
+            message = (
+                f"StageScheduler: stage {stage + 1}/{len(self._resolved)} "
+                f"at {where} {position}: keep_count={keep_count} of "
+                f"{self._num_blocks} blocks"
+            )
+            logger.info(message)
+            print(message, flush=True)
+        self._stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self._stage is None:
+            return
+        logs["keep_count"] = self._resolved.keep_counts[self._stage]
+        if self.unit == "epochs":
+            mean = self._resolved.mean_keep_count(epoch + 1)
+        else:
+            # Synced at epoch end on every backend: an exact step count.
+            mean = self._resolved.mean_keep_count(self._global_step())
+        logs["block_flops_saved"] = 1.0 - mean / self._num_blocks
+
+    # -- introspection --------------------------------------------------
+
+    @property
+    def current_keep_count(self):
+        """The keep count of the current stage (`None` before training)."""
+        if self._stage is None:
+            return None
+        return self._resolved.keep_counts[self._stage]

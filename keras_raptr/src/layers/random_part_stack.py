@@ -1,0 +1,298 @@
+import numbers
+
+import keras
+from keras import ops
+
+from keras_raptr.src import backend
+from keras_raptr.src.api_export import raptr_export
+from keras_raptr.src.layers import sampling as sampler
+
+SAMPLING_MODES = ("exact", "bernoulli")
+SCALING_MODES = ("none", "expectation")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_fixed(fixed, num_blocks):
+    """Resolves `fixed` to a sorted tuple of non-negative block indices."""
+    if fixed is None:
+        return tuple(sorted({0, num_blocks - 1}))
+    if _is_int(fixed) or isinstance(fixed, str):
+        raise ValueError(
+            "Invalid value for `fixed`. Expected a list of block indices "
+            "(ints in [-num_blocks, num_blocks)), e.g. `[0, -1]` or `[]`. "
+            f"Received: fixed={fixed!r}"
+        )
+    resolved = []
+    for index in fixed:
+        if not _is_int(index) or not -num_blocks <= index < num_blocks:
+            raise ValueError(
+                "Invalid value for `fixed`. Every entry must be an int in "
+                f"[{-num_blocks}, {num_blocks}) for a stack of {num_blocks} "
+                f"blocks. Received: fixed={list(fixed)!r}"
+            )
+        resolved.append(int(index) % num_blocks)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            "Invalid value for `fixed`. Each block may be listed once "
+            f"(negative indices count from the end). Received: "
+            f"fixed={list(fixed)!r}, which names blocks {resolved}"
+        )
+    return tuple(sorted(resolved))
+
+
+def validate_keep_count(keep_count, num_blocks, num_fixed, name="keep_count"):
+    if not _is_int(keep_count):
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected an int in "
+            f"[{num_fixed}, {num_blocks}] (number of fixed blocks to number "
+            f"of blocks). Received: {name}={keep_count!r}"
+        )
+    if not num_fixed <= keep_count <= num_blocks:
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected an int in "
+            f"[{num_fixed}, {num_blocks}]: at least the {num_fixed} fixed "
+            f"block(s) and at most all {num_blocks} blocks. "
+            f"Received: {name}={keep_count}"
+        )
+    return int(keep_count)
+
+
+@raptr_export("keras_raptr.layers.RandomPartStack")
+class RandomPartStack(keras.layers.Layer):
+    """Runs residual blocks in order, training only a random subset per step.
+
+    RaPTr (Random Part Training) trains, at each step, the fixed blocks plus
+    a random subset of the other blocks; skipped blocks act as identity and
+    are not computed, forward or backward. `keep_count` (a tracked,
+    non-trainable int32 variable) sets how many blocks run per training step;
+    `keras_raptr.StageScheduler` raises it stage by stage during `fit`. In
+    evaluation and inference (`training=False`) every block runs, unscaled.
+
+    Each block must map its input to an output of the same shape and contain
+    its own residual connection (e.g. `keras_hub.layers.TransformerEncoder`),
+    so that skipping it means "output = input".
+
+    The subset is a pure function of `(seed, step)`, where `step` is a
+    tracked counter of training calls saved with the weights: a run restored
+    from a checkpoint draws the same subsets as an uninterrupted one, and all
+    replicas of a distributed run draw the same subset. One subset is drawn
+    per step for the whole batch.
+
+    A skipped block's trainable weights get a zero gradient on every
+    backend (the JAX/TensorFlow semantics of a branch not taken): plain SGD
+    leaves them unchanged, while optimizers with momentum or decoupled weight
+    decay still move them, as for any weight whose gradient is zero.
+
+    Args:
+        blocks: list of Keras layers, each mapping `x` to a tensor of the
+            same shape. Extra keyword arguments of the stack's call (e.g.
+            `padding_mask`) are passed to every block.
+        keep_count: int. Blocks run per training step (`sampling="exact"`),
+            or the expected number (`sampling="bernoulli"`). Must lie in
+            `[len(fixed), len(blocks)]`. Defaults to `None`: all blocks.
+        fixed: list of int. Indices of blocks that always run; negative
+            indices count from the end. Defaults to `None`: the first and the
+            last block, as in the paper. `[]` fixes none.
+        sampling: `"exact"` runs exactly `keep_count` blocks (the fixed ones
+            plus a uniformly random subset of the others); `"bernoulli"`
+            runs each non-fixed block independently with probability
+            `p = (keep_count - len(fixed)) / (len(blocks) - len(fixed))`
+            (the paper's definition). Defaults to `"exact"`.
+        scaling: `"none"` leaves kept blocks unchanged; `"expectation"`
+            scales the residual branch of each kept non-fixed block,
+            `block(x) - x`, by `1 / p` during training (stochastic-depth
+            style). Defaults to `"none"`, the better of the two in
+            `benchmarks/scaling_ablation.py` (see `docs/design.md`).
+        seed: int. Seed of the subset sequence. Defaults to `0`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: tensor of the shape the blocks take.
+        training: bool. `True` runs the sampled subset; otherwise all blocks.
+        **kwargs: passed to every block.
+
+    Returns:
+        Tensor of the same shape as `inputs`.
+
+    Example:
+
+    ```python
+    blocks = [keras_hub.layers.TransformerEncoder(256, 4) for _ in range(12)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=6)
+    y = stack(x, padding_mask=mask, training=True)  # runs 6 of 12 blocks
+    ```
+
+    References:
+        - [Panigrahi et al., 2025](https://arxiv.org/abs/2402.05913)
+    """
+
+    def __init__(
+        self,
+        blocks,
+        keep_count=None,
+        fixed=None,
+        sampling="exact",
+        scaling="none",
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(blocks, keras.layers.Layer) or not blocks:
+            raise ValueError(
+                "Invalid value for `blocks`. Expected a non-empty list of "
+                f"Keras layers. Received: blocks={blocks!r}"
+            )
+        blocks = list(blocks)
+        for index, block in enumerate(blocks):
+            if not isinstance(block, keras.layers.Layer):
+                raise ValueError(
+                    "Invalid value for `blocks`. Every entry must be a Keras "
+                    f"layer. Received: blocks[{index}]={block!r}"
+                )
+        num_blocks = len(blocks)
+        fixed = normalize_fixed(fixed, num_blocks)
+        if keep_count is None:
+            keep_count = num_blocks
+        keep_count = validate_keep_count(keep_count, num_blocks, len(fixed))
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(
+                f"Invalid value for `sampling`. Expected one of "
+                f"{SAMPLING_MODES}. Received: sampling={sampling!r}"
+            )
+        if scaling not in SCALING_MODES:
+            raise ValueError(
+                f"Invalid value for `scaling`. Expected one of "
+                f"{SCALING_MODES}. Received: scaling={scaling!r}"
+            )
+        if not _is_int(seed):
+            raise ValueError(
+                "Invalid value for `seed`. Expected an int. "
+                f"Received: seed={seed!r}"
+            )
+        self.blocks = blocks
+        self.initial_keep_count = keep_count
+        self.fixed = fixed
+        self.sampling = sampling
+        self.scaling = scaling
+        self.seed = int(seed)
+        self._free = tuple(i for i in range(num_blocks) if i not in fixed)
+        self._free_index = [
+            self._free.index(i) if i in self._free else None
+            for i in range(num_blocks)
+        ]
+        self._seed_int32 = sampler.seed_hash(self.seed)
+        self._offsets = sampler.index_offsets(len(self._free))
+        self.keep_count = self.add_weight(
+            name="keep_count",
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(keep_count),
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.step = self.add_weight(
+            name="step",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    @property
+    def num_blocks(self):
+        return len(self.blocks)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for index, block in enumerate(self.blocks):
+            spec = keras.KerasTensor(shape, dtype=self.compute_dtype)
+            out_shape = tuple(block(spec).shape)
+            if out_shape != shape:
+                raise ValueError(
+                    "Invalid value for `blocks`. Every block must return a "
+                    "tensor of the shape it takes (a residual block). "
+                    f"Received: blocks[{index}] ({block.name}) maps input "
+                    f"shape {shape} to {out_shape}"
+                )
+
+    def call(self, inputs, training=None, **kwargs):
+        call_kwargs = dict(kwargs)
+        if training is not None:
+            call_kwargs["training"] = training
+        if not training or not self._free:
+            x = inputs
+            for block in self.blocks:
+                x = block(x, **call_kwargs)
+            return x
+
+        num_fixed = len(self.fixed)
+        num_free_kept = ops.subtract(self.keep_count.value, num_fixed)
+        keep_probability = ops.divide(
+            ops.cast(num_free_kept, "float32"), float(len(self._free))
+        )
+        # Hash the step before advancing it: on TF and torch `value` can alias
+        # the variable's storage, so a later read would see the new count.
+        hashes = sampler.block_hashes(
+            self._seed_int32, self.step.value, self._offsets
+        )
+        self.step.assign_add(1)
+        mask = sampler.keep_mask(
+            hashes, num_free_kept, self.sampling, keep_probability
+        )
+        return backend.run_blocks(
+            inputs,
+            self.blocks,
+            self._free_index,
+            mask,
+            call_kwargs,
+            self._make_post(keep_probability),
+        )
+
+    def _make_post(self, keep_probability):
+        if self.scaling == "none":
+
+            def post(x, y):
+                return ops.cast(y, x.dtype)
+
+            return post
+
+        def post(x, y):
+            y = ops.cast(y, x.dtype)
+            scale = ops.cast(ops.divide(1.0, keep_probability), x.dtype)
+            return ops.add(x, ops.multiply(ops.subtract(y, x), scale))
+
+        return post
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "blocks": [
+                    keras.saving.serialize_keras_object(block)
+                    for block in self.blocks
+                ],
+                "keep_count": self.initial_keep_count,
+                "fixed": list(self.fixed),
+                "sampling": self.sampling,
+                "scaling": self.scaling,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["blocks"] = [
+            keras.saving.deserialize_keras_object(block)
+            for block in config["blocks"]
+        ]
+        return cls(**config)
+

@@ -1,0 +1,100 @@
+"""Which blocks run at a training step: a pure function of (seed, step).
+
+The subset is drawn from a counter-based hash (the 32-bit MurmurHash3
+finalizer) of the layer's seed, its step counter and the block index, written
+in `keras.ops` integer arithmetic. Because it has no hidden random state:
+
+- resuming from a checkpoint (which holds the step counter) replays exactly
+  the subsets an uninterrupted run would have drawn;
+- every replica of a data-parallel run draws the same subset;
+- the three backends draw the same subsets for the same seed.
+
+`numpy_*` functions are the reference implementation the tests compare with.
+"""
+
+import numpy as np
+from keras import ops
+
+_MUL1 = np.uint32(0x85EBCA6B).view(np.int32).item()
+_MUL2 = np.uint32(0xC2B2AE35).view(np.int32).item()
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+def _logical_right_shift(h, bits):
+    # int32 `>>` is arithmetic on every backend; mask off the sign copies.
+    return ops.bitwise_and(ops.right_shift(h, bits), (1 << (32 - bits)) - 1)
+
+
+def _fmix32(h):
+    mul1 = ops.convert_to_tensor(_MUL1, "int32")
+    mul2 = ops.convert_to_tensor(_MUL2, "int32")
+    h = ops.bitwise_xor(h, _logical_right_shift(h, 16))
+    h = ops.multiply(h, mul1)  # int32 products wrap, as uint32 ones would
+    h = ops.bitwise_xor(h, _logical_right_shift(h, 13))
+    h = ops.multiply(h, mul2)
+    return ops.bitwise_xor(h, _logical_right_shift(h, 16))
+
+
+def _numpy_fmix32(h):
+    h = np.asarray(h, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> 16)
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> 13)
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> 16)
+
+
+def seed_hash(seed):
+    """The int32 a seed enters the per-step hash as (computed on the host)."""
+    return _numpy_fmix32(np.uint32(seed & 0xFFFFFFFF)).view(np.int32).item()
+
+
+def index_offsets(count):
+    """Per-block offsets `i * golden_ratio (mod 2**32)`, as int32."""
+    with np.errstate(over="ignore"):
+        offsets = np.arange(count, dtype=np.uint32) * _GOLDEN
+    return offsets.view(np.int32)
+
+
+def block_hashes(seed_int32, step, offsets):
+    """int32 hashes, one per block, of (seed, step, block index)."""
+    step = ops.cast(step, "int32")
+    base = _fmix32(ops.bitwise_xor(step, seed_int32))
+    return _fmix32(ops.add(base, ops.convert_to_tensor(offsets, "int32")))
+
+
+def numpy_block_hashes(seed, step, count):
+    base = _numpy_fmix32(np.uint32(step & 0xFFFFFFFF) ^ np.uint32(seed_hash(seed) & 0xFFFFFFFF))
+    with np.errstate(over="ignore"):
+        return _numpy_fmix32(base + index_offsets(count).view(np.uint32))
+
+
+def uniform_from_hashes(hashes):
+    """Floats in [0, 1) from the top 24 bits of each hash (exact in float32)."""
+    top = _logical_right_shift(hashes, 8)
+    return ops.divide(ops.cast(top, "float32"), float(1 << 24))
+
+
+def keep_mask(hashes, num_to_keep, sampling, keep_probability):
+    """Boolean mask over the non-fixed blocks.
+
+    `"exact"`: the `num_to_keep` blocks with the smallest hash (a uniformly
+    random subset of that size). `"bernoulli"`: each block independently with
+    probability `keep_probability`.
+    """
+    if sampling == "exact":
+        scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
+        ranks = ops.argsort(ops.argsort(scores))
+        return ops.less(ranks, ops.cast(num_to_keep, ranks.dtype))
+    return ops.less(uniform_from_hashes(hashes), keep_probability)
+
+
+def numpy_keep_mask(seed, step, count, num_to_keep, sampling, keep_probability):
+    hashes = numpy_block_hashes(seed, step, count)
+    if sampling == "exact":
+        scores = hashes.view(np.int32) & 0x7FFFFFFF
+        ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
+        return ranks < num_to_keep
+    uniform = (hashes >> 8).astype(np.float32) / float(1 << 24)
+    return uniform < np.float32(keep_probability)

@@ -1,0 +1,333 @@
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_raptr
+from tests.common import CountingBlock
+from tests.common import counts
+from tests.common import data
+from tests.common import make_model
+from tests.common import reference_counts
+
+BACKEND = keras.config.backend()
+# Compiled-training variants per backend: JAX jit; tf.function with and
+# without XLA; torch eager and torch.compile.
+JIT_MODES = {
+    "jax": [True],
+    "tensorflow": [False, True],
+    "torch": [False, True],
+}[BACKEND]
+
+
+def test_public_names():
+    assert keras_raptr.layers.RandomPartStack is keras_raptr.RandomPartStack
+    assert keras_raptr.callbacks.StageScheduler is keras_raptr.StageScheduler
+    layer = keras.saving.get_registered_object(
+        "keras_raptr>RandomPartStack"
+    )
+    assert layer is keras_raptr.RandomPartStack
+
+
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+@pytest.mark.parametrize("sampling", ["exact", "bernoulli"])
+def test_fit_runs_exactly_the_sampled_blocks(jit_compile, sampling):
+    model, stack, blocks = make_model(
+        num_blocks=6, dropout=0.1, keep_count=3, sampling=sampling
+    )
+    model.compile("sgd", "mse", jit_compile=jit_compile)
+    x, y = data(64)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 steps
+    expected = reference_counts(6, (0, 5), [3] * 8, sampling_mode=sampling)
+    np.testing.assert_array_equal(counts(blocks), expected)
+    if sampling == "exact":
+        assert counts(blocks)[1:5].sum() == 8  # exactly one free block/step
+    assert int(ops.convert_to_numpy(stack.step)) == 8
+    # Subsets vary: more than one free block ran over 8 steps.
+    assert (counts(blocks)[1:5] > 0).sum() > 1
+
+
+def test_subsets_are_uniform_over_steps():
+    model, stack, blocks = make_model(num_blocks=8, keep_count=4)
+    model.compile("sgd", "mse")
+    x, y = data(400)
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)  # 200 steps
+    free = counts(blocks)[1:7]
+    assert free.sum() == 2 * 200
+    # Each of 6 free blocks runs with probability 1/3: about 66.7 of 200.
+    assert free.min() > 40 and free.max() < 95
+
+
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+def test_stage_change_shows_at_the_next_step(jit_compile):
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    model.compile("sgd", "mse", jit_compile=jit_compile)
+    x, y = data(80)
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 3), (4, 4), (6, None)], verbose=0
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
+    keep = [2] * 3 + [4] * 4 + [6] * 3
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, (0, 5), keep)
+    )
+    assert int(ops.convert_to_numpy(stack.keep_count)) == 6
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch needs spe=1")
+def test_steps_per_execution_changes_at_the_next_execution():
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    model.compile("sgd", "mse", steps_per_execution=2)
+    x, y = data(80)
+    scheduler = keras_raptr.StageScheduler([(2, 3), (6, None)], verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
+    # The boundary at step 3 falls inside the execution of steps 2-3: the
+    # new keep count lands at step 4, the next execution's first step.
+    keep = [2] * 4 + [6] * 6
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, (0, 5), keep)
+    )
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch runs eagerly")
+def test_no_retrace_across_steps_and_stages():
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    model.compile("sgd", "mse")
+    x, y = data(160)
+    model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)
+    traces = [block.traces for block in blocks]
+    scheduler = keras_raptr.StageScheduler("2-4-6", total_steps=20, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
+    assert [block.traces for block in blocks] == traces
+
+
+def test_evaluation_runs_every_block_unscaled():
+    model, stack, blocks = make_model(
+        num_blocks=5, keep_count=2, scaling="expectation"
+    )
+    x, _ = data(8)
+    before = counts(blocks)
+    out = stack(x, training=False)
+    np.testing.assert_array_equal(counts(blocks) - before, [1] * 5)
+    plain = x
+    for block in blocks:
+        plain = block(plain, training=False)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out), ops.convert_to_numpy(plain), atol=1e-6
+    )
+
+
+def test_expectation_scaling_scales_the_branch():
+    model, stack, blocks = make_model(
+        num_blocks=4, keep_count=3, fixed=[], scaling="expectation"
+    )
+    x, _ = data(8)
+    step = int(ops.convert_to_numpy(stack.step))
+    from keras_raptr.src.layers import sampling
+
+    mask = sampling.numpy_keep_mask(0, step, 4, 3, "exact", 0.75)
+    expected = x
+    for block, keep in zip(blocks, mask):
+        if keep:
+            y = ops.convert_to_numpy(block(expected))
+            expected = expected + (y - expected) / 0.75
+    out = stack(x, training=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
+
+
+def test_keep_all_equals_plain_sequential_outputs_and_step():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+
+    def build(wrap):
+        keras.utils.set_random_seed(3)
+        blocks = [CountingBlock(name=f"b{i}") for i in range(4)]
+        inputs = keras.Input((4,))
+        h = inputs
+        if wrap:
+            h = keras_raptr.RandomPartStack(blocks)(h)
+        else:
+            for block in blocks:
+                h = block(h)
+        model = keras.Model(inputs, keras.layers.Dense(1)(h))
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        return model
+
+    def trainable(model):
+        return [ops.convert_to_numpy(v) for v in model.trainable_weights]
+
+    wrapped, plain = build(True), build(False)
+    for w, p in zip(trainable(wrapped), trainable(plain), strict=True):
+        np.testing.assert_array_equal(w, p)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(wrapped(x, training=True)),
+        ops.convert_to_numpy(plain(x, training=True)),
+        atol=1e-6,
+    )
+    wrapped.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    plain.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for w, p in zip(trainable(wrapped), trainable(plain), strict=True):
+        np.testing.assert_allclose(w, p, atol=1e-6)
+
+
+def test_call_kwargs_reach_every_block():
+    blocks = [CountingBlock(name=f"b{i}") for i in range(3)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3)
+    x = np.zeros((2, 4), "float32")
+    out_plain = ops.convert_to_numpy(stack(x))
+    out = ops.convert_to_numpy(stack(x, offset=1.0))
+    # Each of 3 blocks adds the offset to its branch; blocks compound it.
+    assert not np.allclose(out, out_plain)
+    ref = x
+    for block in blocks:
+        ref = ops.convert_to_numpy(block(ref, offset=1.0))
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    out_train = ops.convert_to_numpy(stack(x, training=True, offset=1.0))
+    np.testing.assert_allclose(out_train, ref, atol=1e-6)
+
+
+def test_skipped_blocks_get_zero_gradient_on_every_backend():
+    # Plain SGD: a zero gradient leaves skipped weights exactly unchanged,
+    # and no backend warns about missing gradients.
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = data(8)
+    before = [ops.convert_to_numpy(b.dense.kernel) for b in blocks]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    ran = counts(blocks) > 0
+    assert ran.sum() == 2
+    for block, old, was_run in zip(blocks, before, ran):
+        changed = not np.array_equal(ops.convert_to_numpy(block.dense.kernel), old)
+        assert changed == was_run
+
+
+def test_skipped_blocks_follow_the_optimizer_with_zero_gradient():
+    # Adam with momentum from an earlier step moves a weight whose gradient
+    # is zero; the three backends agree because all give a zero gradient.
+    model, stack, blocks = make_model(num_blocks=4, keep_count=4, fixed=[])
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    x, y = data(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # every block runs
+    stack.keep_count.assign(1)
+    step = int(ops.convert_to_numpy(stack.step))
+    before = [ops.convert_to_numpy(b.dense.kernel) for b in blocks]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    from keras_raptr.src.layers import sampling
+
+    mask = sampling.numpy_keep_mask(0, step, 4, 1, "exact", 0.25)
+    for block, old, kept in zip(blocks, before, mask):
+        new = ops.convert_to_numpy(block.dense.kernel)
+        assert not np.array_equal(new, old)  # momentum moves it either way
+        if not kept:
+            # Adam's update with g = 0: m = 0.9 m, v = 0.999 v.
+            assert np.all(np.isfinite(new))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_fit(policy):
+    keras.config.set_dtype_policy(policy)
+    model, stack, blocks = make_model(num_blocks=6, keep_count=3, dropout=0.1)
+    model.compile("adam", "mse")
+    x, y = data(32)
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras_raptr.StageScheduler("3-6", verbose=0)],
+    )
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert stack.keep_count.dtype == "int32"
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, (0, 5), [3] * 4 + [6] * 4)
+    )
+
+
+def test_saving_round_trip(tmp_path):
+    model, stack, blocks = make_model(
+        num_blocks=5, keep_count=3, fixed=[0], sampling="bernoulli",
+        scaling="expectation", seed=7,
+    )
+    model.compile("adam", "mse")
+    x, y = data(32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    new_stack = loaded.get_layer("stack")
+    assert isinstance(new_stack, keras_raptr.RandomPartStack)
+    assert new_stack.fixed == (0,)
+    assert new_stack.sampling == "bernoulli"
+    assert new_stack.scaling == "expectation"
+    assert new_stack.seed == 7
+    assert int(ops.convert_to_numpy(new_stack.keep_count)) == 3
+    assert int(ops.convert_to_numpy(new_stack.step)) == 4
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)),
+        atol=1e-6,
+    )
+    # Training outputs agree too: same step counter, same subset.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(new_stack(x, training=True)),
+        ops.convert_to_numpy(stack(x, training=True)),
+        atol=1e-6,
+    )
+
+
+def test_config_round_trip():
+    blocks = [CountingBlock(name=f"b{i}") for i in range(4)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3, fixed=[-1])
+    config = stack.get_config()
+    clone = keras_raptr.RandomPartStack.from_config(config)
+    assert clone.get_config() == config
+    assert clone.fixed == (3,)
+    assert clone.num_blocks == 4
+
+
+def _blocks(n=4):
+    return [CountingBlock(name=f"b{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"blocks": []}, "`blocks`"),
+        ({"blocks": [1, 2]}, "`blocks`"),
+        ({"keep_count": 1}, r"`keep_count`.*\[2, 4\]"),
+        ({"keep_count": 5}, r"`keep_count`.*\[2, 4\]"),
+        ({"keep_count": 2.5}, "`keep_count`.*int"),
+        ({"keep_count": True}, "`keep_count`.*int"),
+        ({"fixed": [4]}, r"`fixed`.*\[-4, 4\)"),
+        ({"fixed": [0, -4]}, "`fixed`.*once"),
+        ({"fixed": 0}, "`fixed`.*list"),
+        ({"sampling": "uniform"}, "`sampling`.*exact"),
+        ({"scaling": "inverse"}, "`scaling`.*expectation"),
+        ({"seed": "a"}, "`seed`"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    kwargs = {"blocks": _blocks(), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        keras_raptr.RandomPartStack(**kwargs)
+
+
+def test_fixed_may_be_empty_and_keep_count_zero_then():
+    stack = keras_raptr.RandomPartStack(_blocks(), keep_count=0, fixed=[])
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(stack(x, training=True)), x
+    )
+
+
+def test_block_changing_shape_is_rejected_at_build():
+    blocks = [CountingBlock(), keras.layers.Dense(3)]
+    stack = keras_raptr.RandomPartStack(blocks)
+    with pytest.raises(ValueError, match=r"`blocks`.*blocks\[1\]"):
+        stack(np.ones((2, 4), "float32"))
