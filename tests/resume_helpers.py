@@ -1,0 +1,130 @@
+"""Helpers for the resume / interruption tests of `StageScheduler`."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tests.common import counts
+from tests.common import make_model
+
+
+class Interrupted(Exception):
+    """Raised by `InterruptAt` to simulate a crash in the middle of fit."""
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raises `Interrupted` before the `at`-th batch of this `fit` call."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+        self.seen = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.seen == self.at:
+            raise Interrupted(f"interrupted before batch {self.seen} of fit")
+        self.seen += 1
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Per-step training losses, keyed by the stack's global step.
+
+    Keras reports the running mean of the loss over the epoch; with equal
+    batch sizes the loss of batch `b` is `(b + 1) * m_b - b * m_(b-1)`.
+    The global step of the first batch is read from the stack once, at the
+    first epoch start (after `BackupAndRestore` has restored the weights);
+    later steps are counted here, independently of the scheduler.
+    """
+
+    def __init__(self, stack, scheduler=None):
+        super().__init__()
+        self.stack = stack
+        self.scheduler = scheduler
+        self.losses = {}
+        self.first_keep_count = None
+        self._next = None
+        self._previous_mean = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._next is None:
+            self._next = int(ops.convert_to_numpy(self.stack.step))
+        self._previous_mean = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_keep_count is None and self.scheduler is not None:
+            # Runs after the scheduler (placed later in the list).
+            self.first_keep_count = self.scheduler.current_keep_count
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float(logs["loss"])
+        self.losses[self._next] = (batch + 1) * mean - batch * (
+            self._previous_mean
+        )
+        self._previous_mean = mean
+        self._next += 1
+
+    def series(self, start, stop):
+        return np.array([self.losses[step] for step in range(start, stop)])
+
+
+def keep_per_step(stages, num_steps):
+    """Keep count at each of the first `num_steps` steps of explicit
+    `(keep_count, length)` stages (last length may be None)."""
+    keep = []
+    for keep_count, length in stages:
+        keep += [keep_count] * (num_steps if length is None else length)
+    return (keep + [stages[-1][0]] * num_steps)[:num_steps]
+
+
+def equal_stages(keep_counts, total_steps):
+    """Explicit stages equivalent to a string schedule over total steps."""
+    n = len(keep_counts)
+    starts = [i * total_steps // n for i in range(n)] + [total_steps]
+    return [
+        (keep_counts[i], starts[i + 1] - starts[i]) for i in range(n - 1)
+    ] + [(keep_counts[-1], None)]
+
+
+def fresh_model(initial_weights=None, optimizer="adam", **stack_kwargs):
+    """A compiled 6-block model (fixed blocks 0 and 5), keep count 2."""
+    stack_kwargs.setdefault("keep_count", 2)
+    model, stack, blocks = make_model(num_blocks=6, **stack_kwargs)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    model.compile(
+        keras.optimizers.get(optimizer) if isinstance(optimizer, str)
+        else optimizer,
+        "mse",
+    )
+    return model, stack, blocks
+
+
+def repeated_batches(num_batches, batch_size=8, dim=4, seed=0):
+    """`num_batches` copies of one batch: a replayed epoch sees the same
+    data as the uninterrupted run at every global step."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch_size, dim)).astype("float32")
+    y = rng.normal(size=(batch_size, 1)).astype("float32")
+    return np.tile(x, (num_batches, 1)), np.tile(y, (num_batches, 1))
+
+
+def step_of(stack):
+    return int(ops.convert_to_numpy(stack.step))
+
+
+def keep_of(stack):
+    return int(ops.convert_to_numpy(stack.keep_count))
+
+
+__all__ = [
+    "Interrupted",
+    "InterruptAt",
+    "StepLosses",
+    "counts",
+    "equal_stages",
+    "fresh_model",
+    "keep_of",
+    "keep_per_step",
+    "repeated_batches",
+    "step_of",
+]

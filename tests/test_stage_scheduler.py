@@ -1,0 +1,403 @@
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_raptr
+from tests.common import CountingBlock
+from tests.common import counts
+from tests.common import data
+from tests.common import make_model
+from tests.common import reference_counts
+from tests.resume_helpers import InterruptAt
+from tests.resume_helpers import Interrupted
+from tests.resume_helpers import StepLosses
+from tests.resume_helpers import equal_stages
+from tests.resume_helpers import fresh_model
+from tests.resume_helpers import keep_of
+from tests.resume_helpers import keep_per_step
+from tests.resume_helpers import repeated_batches
+from tests.resume_helpers import step_of
+
+FIXED = (0, 5)
+
+
+def _fit(model, x, y, callbacks, epochs, **kwargs):
+    return model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _assert_counts(blocks, keep):
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, FIXED, keep)
+    )
+
+
+# -- schedules -----------------------------------------------------------
+
+
+def test_string_schedule_with_total_steps():
+    model, stack, blocks = fresh_model()
+    x, y = data(96)  # 12 steps per epoch
+    scheduler = keras_raptr.StageScheduler(
+        "2-4-6", total_steps=12, verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=1)
+    _assert_counts(blocks, [2] * 4 + [4] * 4 + [6] * 4)
+    assert keep_of(stack) == 6
+    assert scheduler.current_keep_count == 6
+
+
+def test_string_schedule_total_steps_from_fit():
+    # 3 epochs of 4 steps: stages start at steps 0, 4 and 8.
+    model, stack, blocks = fresh_model()
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler("2-4-6", verbose=0)
+    history = _fit(model, x, y, [scheduler], epochs=3)
+    _assert_counts(blocks, [2] * 4 + [4] * 4 + [6] * 4)
+    assert history.history["keep_count"] == [2, 4, 6]
+
+
+def test_uneven_string_schedule_rounds_starts_down():
+    # 10 steps over 3 stages: starts 0, 3, 6.
+    model, stack, blocks = fresh_model()
+    x, y = data(80)
+    scheduler = keras_raptr.StageScheduler("2-4-6", total_steps=10, verbose=0)
+    _fit(model, x, y, [scheduler], epochs=1)
+    _assert_counts(blocks, [2] * 3 + [4] * 3 + [6] * 4)
+
+
+def test_explicit_stages_in_steps():
+    model, stack, blocks = fresh_model()
+    x, y = data(64)
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 1), (3, 2), (4, 3), (6, None)], verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=2)  # 16 steps
+    _assert_counts(blocks, [2] + [3] * 2 + [4] * 3 + [6] * 10)
+
+
+def test_explicit_stages_beyond_one_epoch_carry_over():
+    # A stage change in the middle of the second epoch.
+    model, stack, blocks = fresh_model()
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler([(2, 6), (6, None)], verbose=0)
+    _fit(model, x, y, [scheduler], epochs=3)  # 12 steps
+    _assert_counts(blocks, [2] * 6 + [6] * 6)
+
+
+def test_fraction_unit():
+    model, stack, blocks = fresh_model()
+    x, y = data(40)  # 5 steps per epoch, 20 in all
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 0.25), (4, 0.5), (6, 0.25)], unit="fraction", verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=4)
+    _assert_counts(blocks, [2] * 5 + [4] * 10 + [6] * 5)
+
+
+def test_fraction_unit_with_total_steps_and_open_last_stage():
+    model, stack, blocks = fresh_model()
+    x, y = data(80)  # 10 steps
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 0.3), (6, None)], unit="fraction", total_steps=10, verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=1)
+    _assert_counts(blocks, [2] * 3 + [6] * 7)
+
+
+def test_epochs_unit_string_and_explicit():
+    model, stack, blocks = fresh_model()
+    x, y = data(24)  # 3 steps per epoch
+    scheduler = keras_raptr.StageScheduler("2-4-6", unit="epochs", verbose=0)
+    history = _fit(model, x, y, [scheduler], epochs=3)
+    _assert_counts(blocks, [2] * 3 + [4] * 3 + [6] * 3)
+    assert history.history["keep_count"] == [2, 4, 6]
+
+    keras.utils.clear_session()
+    model, stack, blocks = fresh_model()
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 1), (4, 2), (6, None)], unit="epochs", verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=4)
+    _assert_counts(blocks, [2] * 3 + [4] * 6 + [6] * 3)
+
+
+def test_layer_name_drives_only_that_stack():
+    blocks_a = [CountingBlock(name=f"a{i}") for i in range(4)]
+    blocks_b = [CountingBlock(name=f"b{i}") for i in range(6)]
+    inputs = keras.Input((4,))
+    stack_a = keras_raptr.RandomPartStack(blocks_a, keep_count=3, name="sa")
+    stack_b = keras_raptr.RandomPartStack(blocks_b, keep_count=2, name="sb")
+    outputs = keras.layers.Dense(1)(stack_b(stack_a(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", "mse")
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 2), (6, None)], layer_name="sb", verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=1)
+    assert keep_of(stack_a) == 3
+    assert keep_of(stack_b) == 6
+    np.testing.assert_array_equal(
+        counts(blocks_b), reference_counts(6, FIXED, [2, 2, 6, 6])
+    )
+    np.testing.assert_array_equal(
+        counts(blocks_a), reference_counts(4, (0, 3), [3] * 4)
+    )
+
+
+def test_every_stack_is_driven_by_default():
+    stacks = []
+    inputs = keras.Input((4,))
+    h = inputs
+    for name in "pq":
+        blocks = [CountingBlock(name=f"{name}{i}") for i in range(4)]
+        stack = keras_raptr.RandomPartStack(blocks, keep_count=2, name=name)
+        stacks.append(stack)
+        h = stack(h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile("sgd", "mse")
+    x, y = data(32)
+    _fit(model, x, y, [keras_raptr.StageScheduler("2-4", verbose=0)], 2)
+    assert [keep_of(stack) for stack in stacks] == [4, 4]
+
+
+# -- validation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule, kwargs, match",
+    [
+        ("6-8-x", {}, r"`schedule`.*'6-8-10-12'"),
+        ("", {}, "`schedule`.*joined by '-'"),
+        ("6--8", {}, "`schedule`.*joined by '-'"),
+        ("6,8,12", {}, "`schedule`.*joined by '-'"),
+        ("-6-8", {}, "`schedule`.*joined by '-'"),
+        ("0-6", {}, "`schedule`.*int >= 1"),
+        ([(0, 5), (6, None)], {}, "`schedule`.*int >= 1"),
+        ([(-2, 5), (6, None)], {}, "`schedule`.*int >= 1"),
+        ([(2.5, 5), (6, None)], {}, "`schedule`.*int >= 1"),
+        ("8-6", {}, "`schedule`.*decrease.*allow_decreasing"),
+        ([(4, 2), (2, 2), (6, None)], {}, "`schedule`.*decrease"),
+        ([], {}, "`schedule`.*non-empty list"),
+        (42, {}, "`schedule`.*'6-8-10-12'"),
+        ([(2, 3, 4)], {}, "`schedule`.*pairs"),
+        ([(2, 0), (6, None)], {}, "`schedule`.*length.*int >= 1"),
+        ([(2, -1), (6, None)], {}, "`schedule`.*length.*int >= 1"),
+        ([(2, 1.5), (6, None)], {}, "`schedule`.*length.*int >= 1"),
+        ([(2, None), (6, 3)], {}, "`schedule`.*only the last may be None"),
+        ([(2, 0.5), (6, 0.6)], {"unit": "fraction"}, "`schedule`.*add up"),
+        ([(2, 0.5), (6, 0.4)], {"unit": "fraction"}, "`schedule`.*add up"),
+        ([(2, 0), (6, None)], {"unit": "fraction"}, r"float in \(0, 1\]"),
+        ([(2, 2), (6, None)], {"unit": "fraction"}, r"float in \(0, 1\]"),
+        ("2-6", {"unit": "batches"}, "`unit`.*'steps', 'epochs'"),
+        ("2-6", {"total_steps": 0}, "`total_steps`.*int >= 1"),
+        ("2-6", {"total_steps": -5}, "`total_steps`.*int >= 1"),
+        ("2-6", {"total_steps": 10.0}, "`total_steps`.*int >= 1"),
+        ("2-6", {"total_steps": "10"}, "`total_steps`.*int >= 1"),
+        ("2-4-6", {"total_steps": 2}, "`total_steps`.*3 stages.*3 steps"),
+        (
+            "2-6",
+            {"unit": "epochs", "total_steps": 10},
+            "`total_steps`.*unit='epochs'",
+        ),
+        (
+            [(2, 0.5), (4, 0.01), (6, None)],
+            {"unit": "fraction", "total_steps": 10},
+            "`schedule`.*two stages start",
+        ),
+    ],
+)
+def test_bad_schedule_arguments(schedule, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_raptr.StageScheduler(schedule, verbose=0, **kwargs)
+
+
+def test_decreasing_allowed_on_purpose():
+    model, stack, blocks = fresh_model()
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler(
+        [(4, 2), (2, 1), (6, None)], allow_decreasing=True, verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=1)
+    _assert_counts(blocks, [4, 4, 2, 6])
+
+
+def _fit_expecting(error, match, schedule, epochs=1, model=None, **kwargs):
+    if model is None:
+        model, _, _ = fresh_model()
+    x, y = data(16)
+    scheduler = keras_raptr.StageScheduler(schedule, verbose=0, **kwargs)
+    with pytest.raises(error, match=match):
+        _fit(model, x, y, [scheduler], epochs=epochs)
+
+
+@pytest.mark.parametrize(
+    "schedule, kwargs, match",
+    [
+        ("2-4-7", {}, r"`schedule`.*\[2, 6\].*at most all 6 blocks"),
+        ([(2, 3), (9, None)], {}, r"`schedule`.*\[2, 6\]"),
+        ("1-6", {}, r"`schedule`.*\[2, 6\].*2 fixed"),
+        ("2-4", {}, "`schedule`.*last stage must run all 6.*allow_partial"),
+        # 2 epochs of 2 steps: 4 steps for 5 stages.
+        ("2-3-4-5-6", {}, "`total_steps`.*5 stages.*at least 5 steps"),
+        ("2-3-6", {"unit": "epochs"}, "`total_steps`.*3 stages.*3 epochs"),
+    ],
+)
+def test_bad_schedule_for_the_model(schedule, kwargs, match):
+    _fit_expecting(ValueError, match, schedule, epochs=2, **kwargs)
+
+
+def test_partial_final_allowed_on_purpose():
+    model, stack, blocks = fresh_model()
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler(
+        "2-4", allow_partial_final=True, verbose=0
+    )
+    _fit(model, x, y, [scheduler], epochs=2)
+    _assert_counts(blocks, [2] * 4 + [4] * 4)
+    assert keep_of(stack) == 4
+
+
+def test_model_without_a_stack():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", "mse")
+    _fit_expecting(
+        ValueError, "needs a model that contains a.*RandomPartStack", "2-6",
+        model=model,
+    )
+
+
+def test_unknown_layer_name():
+    model, _, _ = fresh_model()
+    _fit_expecting(
+        ValueError,
+        "`layer_name`.*no RandomPartStack named 'nope'",
+        "2-6",
+        model=model,
+        layer_name="nope",
+    )
+
+
+def test_stacks_of_different_depths():
+    inputs = keras.Input((4,))
+    h = keras_raptr.RandomPartStack(
+        [CountingBlock(name=f"a{i}") for i in range(4)], name="a"
+    )(inputs)
+    h = keras_raptr.RandomPartStack(
+        [CountingBlock(name=f"b{i}") for i in range(6)], name="b"
+    )(h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile("sgd", "mse")
+    _fit_expecting(
+        ValueError, r"different numbers of blocks \(\[4, 6\]\).*layer_name",
+        "2-6", model=model,
+    )
+
+
+# -- logs and announcements ----------------------------------------------
+
+
+def _expected_flops_saved(keep, num_blocks=6):
+    return 1.0 - np.mean(keep) / num_blocks
+
+
+def test_history_and_csv_logger(tmp_path):
+    model, stack, blocks = fresh_model()
+    x, y = data(32)  # 4 steps per epoch
+    path = os.path.join(tmp_path, "log.csv")
+    stages = [(2, 3), (4, 3), (6, None)]
+    history = _fit(
+        model,
+        x,
+        y,
+        [
+            keras_raptr.StageScheduler(stages, verbose=0),
+            keras.callbacks.CSVLogger(path),
+        ],
+        epochs=3,
+    )
+    keep = keep_per_step(stages, 12)
+    expected_keep = [keep[3], keep[7], keep[11]]
+    expected_saved = [
+        _expected_flops_saved(keep[: 4 * (e + 1)]) for e in range(3)
+    ]
+    assert history.history["keep_count"] == expected_keep
+    np.testing.assert_allclose(
+        history.history["block_flops_saved"], expected_saved, rtol=1e-6
+    )
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["keep_count"])) for r in rows] == expected_keep
+    np.testing.assert_allclose(
+        [float(r["block_flops_saved"]) for r in rows],
+        expected_saved,
+        rtol=1e-6,
+    )
+
+
+def test_epoch_unit_flops_saved():
+    model, stack, blocks = fresh_model()
+    x, y = data(16)
+    history = _fit(
+        model,
+        x,
+        y,
+        [keras_raptr.StageScheduler("2-4-6", unit="epochs", verbose=0)],
+        epochs=3,
+    )
+    np.testing.assert_allclose(
+        history.history["block_flops_saved"],
+        [1 - 2 / 6, 1 - 3 / 6, 1 - 4 / 6],
+        rtol=1e-6,
+    )
+
+
+def test_verbose_announces_each_stage_once(capsys):
+    model, stack, blocks = fresh_model()
+    x, y = data(32)
+    _fit(
+        model,
+        x,
+        y,
+        [keras_raptr.StageScheduler([(2, 3), (4, 3), (6, None)])],
+        epochs=3,
+    )
+    lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if "StageScheduler" in line
+    ]
+    assert lines == [
+        "StageScheduler: stage 1/3 at step 0: keep_count=2 of 6 blocks",
+        "StageScheduler: stage 2/3 at step 3: keep_count=4 of 6 blocks",
+        "StageScheduler: stage 3/3 at step 6: keep_count=6 of 6 blocks",
+    ]
+
+
+def test_verbose_epoch_unit_and_silence(capsys):
+    model, stack, blocks = fresh_model()
+    x, y = data(16)
+    _fit(
+        model, x, y, [keras_raptr.StageScheduler("2-6", unit="epochs")], 2
+    )
+    out = capsys.readouterr().out
+    assert "stage 1/2 at epoch 0: keep_count=2" in out
+    assert "stage 2/2 at epoch 1: keep_count=6" in out
+    _fit(
+        model, x, y, [keras_raptr.StageScheduler("2-6", verbose=0)], 2
+    )
+    assert "StageScheduler" not in capsys.readouterr().out
