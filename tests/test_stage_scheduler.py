@@ -48,13 +48,15 @@ def _assert_counts(blocks, keep):
 
 
 def test_string_schedule_with_total_steps():
+    # 10 steps over 3 stages: starts 0, 3, 6 (rounded down); the last
+    # stage runs on past total_steps.
     model, stack, blocks = fresh_model()
     x, y = data(96)  # 12 steps per epoch
     scheduler = keras_raptr.StageScheduler(
-        "2-4-6", total_steps=12, verbose=0
+        "2-4-6", total_steps=10, verbose=0
     )
     _fit(model, x, y, [scheduler], epochs=1)
-    _assert_counts(blocks, [2] * 4 + [4] * 4 + [6] * 4)
+    _assert_counts(blocks, [2] * 3 + [4] * 3 + [6] * 6)
     assert keep_of(stack) == 6
     assert scheduler.current_keep_count == 6
 
@@ -69,32 +71,15 @@ def test_string_schedule_total_steps_from_fit():
     assert history.history["keep_count"] == [2, 4, 6]
 
 
-def test_uneven_string_schedule_rounds_starts_down():
-    # 10 steps over 3 stages: starts 0, 3, 6.
-    model, stack, blocks = fresh_model()
-    x, y = data(80)
-    scheduler = keras_raptr.StageScheduler("2-4-6", total_steps=10, verbose=0)
-    _fit(model, x, y, [scheduler], epochs=1)
-    _assert_counts(blocks, [2] * 3 + [4] * 3 + [6] * 4)
-
-
 def test_explicit_stages_in_steps():
     model, stack, blocks = fresh_model()
     x, y = data(64)
+    # Changes at steps 1, 3 and 10 (in the second epoch).
     scheduler = keras_raptr.StageScheduler(
-        [(2, 1), (3, 2), (4, 3), (6, None)], verbose=0
+        [(2, 1), (3, 2), (4, 7), (6, None)], verbose=0
     )
     _fit(model, x, y, [scheduler], epochs=2)  # 16 steps
-    _assert_counts(blocks, [2] + [3] * 2 + [4] * 3 + [6] * 10)
-
-
-def test_explicit_stages_beyond_one_epoch_carry_over():
-    # A stage change in the middle of the second epoch.
-    model, stack, blocks = fresh_model()
-    x, y = data(32)
-    scheduler = keras_raptr.StageScheduler([(2, 6), (6, None)], verbose=0)
-    _fit(model, x, y, [scheduler], epochs=3)  # 12 steps
-    _assert_counts(blocks, [2] * 6 + [6] * 6)
+    _assert_counts(blocks, [2] + [3] * 2 + [4] * 7 + [6] * 6)
 
 
 def test_fraction_unit():
@@ -401,3 +386,154 @@ def test_verbose_epoch_unit_and_silence(capsys):
         model, x, y, [keras_raptr.StageScheduler("2-6", verbose=0)], 2
     )
     assert "StageScheduler" not in capsys.readouterr().out
+
+
+# -- resume --------------------------------------------------------------
+#
+# Each test runs the same model uninterrupted (the reference) and
+# interrupted + restored, and checks that after the restore (a) training
+# runs in the right stage with the right keep count, (b) the per-step
+# losses equal the reference's at the same global steps and (c) the blocks
+# ran exactly the subsets the numpy reference sampler draws for those steps
+# (CountingBlock's counters are weights, restored with the checkpoint, so
+# the final counts cover every step that was not lost).
+
+# Restores happen at global step 8. "boundary": a stage starts at step 8;
+# "mid_stage": step 8 lies inside a stage.
+RESUME_STAGES = {
+    "boundary": [(2, 4), (4, 4), (6, None)],
+    "mid_stage": [(2, 3), (4, 7), (6, None)],
+}
+
+
+def _reference(initial_weights, x, y, schedule, epochs, **kwargs):
+    model, stack, blocks = fresh_model(initial_weights)
+    scheduler = keras_raptr.StageScheduler(schedule, verbose=0, **kwargs)
+    recorder = StepLosses(stack)
+    _fit(model, x, y, [scheduler, recorder], epochs=epochs)
+    return recorder, counts(blocks)
+
+
+def _check_resumed(recorder, reference, start, stop, blocks, keep):
+    assert min(recorder.losses) == start
+    assert max(recorder.losses) == stop - 1
+    np.testing.assert_allclose(
+        recorder.series(start, stop),
+        reference.series(start, stop),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    _assert_counts(blocks, keep[:stop])
+
+
+@pytest.mark.parametrize("where", ["boundary", "mid_stage"])
+def test_resume_with_backup_and_restore_mid_epoch(tmp_path, where):
+    stages = RESUME_STAGES[where]
+    x, y = repeated_batches(5)  # 5 steps per epoch, all the same batch
+    init = fresh_model()[0].get_weights()
+    reference, _ = _reference(init, x, y, stages, epochs=4)  # steps 0-19
+
+    model, stack, blocks = fresh_model(init)
+    scheduler = keras_raptr.StageScheduler(stages, verbose=0)
+    backup_dir = os.path.join(tmp_path, "backup")
+
+    def backup():
+        return keras.callbacks.BackupAndRestore(backup_dir, save_freq=4)
+
+    # Saved after steps 3 and 7 (step counter 4, 8); step 8 and 9 run and
+    # are lost; the crash comes before step 10, in the middle of epoch 2.
+    with pytest.raises(Interrupted):
+        _fit(model, x, y, [scheduler, backup(), InterruptAt(10)], epochs=3)
+    assert step_of(stack) >= 9 or keras.config.backend() == "jax"
+
+    # Fit again, same objects: Keras restores step 8 and replays epoch 1
+    # (steps 5-9) from its first batch, so global steps 8-17 run.
+    recorder = StepLosses(stack, scheduler)
+    _fit(model, x, y, [scheduler, backup(), recorder], epochs=3)
+    keep = keep_per_step(stages, 20)
+    assert recorder.first_keep_count == keep[8]
+    _check_resumed(recorder, reference, 8, 18, blocks, keep)
+    assert step_of(stack) == 18
+    assert keep_of(stack) == 6
+
+
+def _checkpoint_then_resume(tmp_path, stages, load, **scheduler_kwargs):
+    """Trains 4 epochs of 4 steps with ModelCheckpoint, crashes in epoch 3,
+    then `load(path)` restores the checkpoint of epoch 2 (global step 8)
+    and fit resumes with `initial_epoch=2`."""
+    x, y = data(32)  # 4 different batches per epoch
+    init = fresh_model()[0].get_weights()
+    reference, _ = _reference(
+        init, x, y, stages, epochs=4, **scheduler_kwargs
+    )
+
+    model, stack, blocks = fresh_model(init)
+    suffix = ".weights.h5" if load == "weights" else ".keras"
+    pattern = os.path.join(tmp_path, "ckpt_{epoch}" + suffix)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        pattern, save_weights_only=load == "weights"
+    )
+    scheduler = keras_raptr.StageScheduler(
+        stages, verbose=0, **scheduler_kwargs
+    )
+    with pytest.raises(Interrupted):
+        _fit(model, x, y, [scheduler, checkpoint, InterruptAt(10)], epochs=4)
+    path = pattern.format(epoch=2)
+    keras.utils.clear_session()
+
+    if load == "weights":
+        # A new process would build a new model (other initial weights).
+        model, stack, blocks = fresh_model()
+        # As BackupAndRestore does: build the optimizer first, or Keras
+        # skips loading its state (Adam's moments) with a warning.
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(path)
+    else:
+        model = keras.saving.load_model(path)
+        stack = model.get_layer("stack")
+        blocks = stack.blocks
+    assert step_of(stack) == 8
+    scheduler = keras_raptr.StageScheduler(
+        stages, verbose=0, **scheduler_kwargs
+    )
+    recorder = StepLosses(stack, scheduler)
+    _fit(model, x, y, [scheduler, recorder], epochs=4, initial_epoch=2)
+    return recorder, reference, stack, blocks
+
+
+@pytest.mark.parametrize(
+    "where, unit",
+    [("mid_stage", "steps"), ("boundary", "epochs")],
+)
+def test_resume_from_keras_file(tmp_path, where, unit):
+    if unit == "steps":
+        stages = RESUME_STAGES[where]
+        keep = keep_per_step(stages, 16)
+    else:  # stages start at epochs 0, 2 (step 8, the restore) and 3
+        stages = [(2, 2), (4, 1), (6, None)]
+        keep = [2] * 8 + [4] * 4 + [6] * 4
+    recorder, reference, stack, blocks = _checkpoint_then_resume(
+        tmp_path, stages, "keras", unit=unit
+    )
+    assert recorder.first_keep_count == keep[8]
+    _check_resumed(recorder, reference, 8, 16, blocks, keep)
+    assert keep_of(stack) == 6
+
+
+@pytest.mark.parametrize(
+    "schedule, where", [("2-4-6-6", "boundary"), ("2-4-6", "mid_stage")]
+)
+def test_resume_from_weights_checkpoint_with_initial_epoch(
+    tmp_path, schedule, where
+):
+    # total_steps comes from fit: 4 epochs x 4 steps, also when resuming
+    # with initial_epoch=2. "2-4-6-6" starts stages at 0, 4, 8, 12 (the
+    # restore at step 8 is a boundary); "2-4-6" at 0, 5, 10.
+    recorder, reference, stack, blocks = _checkpoint_then_resume(
+        tmp_path, schedule, "weights"
+    )
+    keep_counts = [int(k) for k in schedule.split("-")]
+    keep = keep_per_step(equal_stages(keep_counts, 16), 16)
+    assert recorder.first_keep_count == keep[8]
+    _check_resumed(recorder, reference, 8, 16, blocks, keep)
+    assert keep_of(stack) == 6
