@@ -128,3 +128,46 @@ __all__ = [
     "repeated_batches",
     "step_of",
 ]
+
+
+@keras.saving.register_keras_serializable("keras_raptr_tests")
+class PreNormBlock(keras.layers.Layer):
+    """`x + dense2(gelu(dense1(layer_norm(x))))`, a pre-LN residual block
+    like a transformer MLP; counts its executions like CountingBlock."""
+
+    def __init__(self, hidden=16, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.norm = keras.layers.LayerNormalization(name="norm")
+        self.norm.build(input_shape)
+        self.dense1 = keras.layers.Dense(
+            self.hidden, activation="gelu", name="dense1"
+        )
+        self.dense1.build(input_shape)
+        self.dense2 = keras.layers.Dense(dim, name="dense2")
+        self.dense2.build(tuple(input_shape[:-1]) + (self.hidden,))
+        self.count = self.add_weight(
+            name="count", shape=(), dtype="int32", initializer="zeros",
+            trainable=False,
+        )
+
+    def call(self, x, training=None):
+        self.count.assign_add(1)
+        return x + self.dense2(self.dense1(self.norm(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+def make_prenorm_model(num_blocks=8, dim=8, **stack_kwargs):
+    import keras_raptr
+
+    blocks = [PreNormBlock(name=f"block_{i}") for i in range(num_blocks)]
+    inputs = keras.Input((dim,))
+    stack = keras_raptr.RandomPartStack(blocks, name="stack", **stack_kwargs)
+    h = keras.layers.LayerNormalization(name="final_norm")(stack(inputs))
+    outputs = keras.layers.Dense(1, name="head")(h)
+    return keras.Model(inputs, outputs), stack, blocks
