@@ -116,18 +116,6 @@ def keep_of(stack):
     return int(ops.convert_to_numpy(stack.keep_count))
 
 
-__all__ = [
-    "Interrupted",
-    "InterruptAt",
-    "StepLosses",
-    "counts",
-    "equal_stages",
-    "fresh_model",
-    "keep_of",
-    "keep_per_step",
-    "repeated_batches",
-    "step_of",
-]
 
 
 @keras.saving.register_keras_serializable("keras_raptr_tests")
@@ -171,3 +159,121 @@ def make_prenorm_model(num_blocks=8, dim=8, **stack_kwargs):
     h = keras.layers.LayerNormalization(name="final_norm")(stack(inputs))
     outputs = keras.layers.Dense(1, name="head")(h)
     return keras.Model(inputs, outputs), stack, blocks
+
+
+# -- a training process to kill (run as `python -m tests.resume_helpers`) --
+
+WORKER_STAGES = [(2, 8), (4, 8), (6, None)]
+WORKER_STEPS_PER_EPOCH = 6
+
+
+class _Progress(keras.callbacks.Callback):
+    """Appends one JSON line per finished step to `progress.jsonl`."""
+
+    def __init__(self, path, stack, delay):
+        super().__init__()
+        self.path = path
+        self.stack = stack
+        self.delay = delay
+        self.next = None
+
+    def _write(self, event):
+        import json
+        import os
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.next is None:  # after BackupAndRestore restored the state
+            self.next = step_of(self.stack)
+            self._write({"start": self.next, "epoch": epoch})
+
+    def on_train_batch_end(self, batch, logs=None):
+        import time
+
+        self._write({"step": self.next})
+        self.next += 1
+        time.sleep(self.delay)
+
+    def on_train_end(self, logs=None):
+        self._write(
+            {
+                "final": {
+                    "step": step_of(self.stack),
+                    "keep_count": keep_of(self.stack),
+                    "counts": counts(self.stack.blocks).tolist(),
+                    "stages": WORKER_STAGES,
+                }
+            }
+        )
+
+
+def run_worker(workdir, epochs=4, delay=0.1):
+    """Trains with BackupAndRestore (every 4 steps) and ModelCheckpoint
+    (every epoch, `.keras`); a restart resumes from the backup."""
+    import os
+
+    import keras_raptr
+
+    keras.utils.set_random_seed(0)
+    model, stack, blocks = fresh_model()
+    x, y = repeated_batches(WORKER_STEPS_PER_EPOCH)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            keras_raptr.StageScheduler(WORKER_STAGES, verbose=0),
+            keras.callbacks.BackupAndRestore(
+                os.path.join(workdir, "backup"),
+                save_freq=4,
+                double_checkpoint=True,
+                delete_checkpoint=False,
+            ),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(workdir, "ckpt_{epoch}.keras")
+            ),
+            _Progress(os.path.join(workdir, "progress.jsonl"), stack, delay),
+        ],
+    )
+
+
+def check_checkpoints_readable(workdir):
+    """Loads every checkpoint in `workdir`; returns the backup's step and
+    the step of each `.keras` checkpoint."""
+    import glob
+    import os
+    import shutil
+
+    result = {"backup_step": None, "keras_steps": {}}
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        path = os.path.join(workdir, "backup", name)
+        if not os.path.exists(path):
+            continue
+        if name.endswith(".bkp"):  # Keras reads only `*.weights.h5`
+            copy = os.path.join(workdir, "previous.weights.h5")
+            shutil.copy(path, copy)
+            path = copy
+        model, stack, _ = fresh_model()
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(path)
+        if name == "latest.weights.h5":
+            result["backup_step"] = step_of(stack)
+    for path in sorted(glob.glob(os.path.join(workdir, "ckpt_*.keras"))):
+        model = keras.saving.load_model(path)
+        result["keras_steps"][os.path.basename(path)] = step_of(
+            model.get_layer("stack")
+        )
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_worker(sys.argv[1])

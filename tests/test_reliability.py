@@ -17,7 +17,9 @@ from tests.common import counts
 from tests.common import data
 from tests.common import make_model
 from tests.common import reference_counts
+from tests.resume_helpers import WORKER_STEPS_PER_EPOCH
 from tests.resume_helpers import StepLosses
+from tests.resume_helpers import check_checkpoints_readable
 from tests.resume_helpers import keep_per_step
 from tests.resume_helpers import make_prenorm_model
 
@@ -167,11 +169,15 @@ def test_sigkill_mid_epoch_then_restart(tmp_path):
         killed_after = max(e["step"] for e in _progress(workdir) if "step" in e)
 
         # Every checkpoint left on disk can be read.
-        from tests.resume_helpers import check_checkpoints_readable
-
         readable = check_checkpoints_readable(workdir)
         assert readable["backup_step"] is not None
         assert killed_after + 1 - readable["backup_step"] <= 4
+        per_epoch = WORKER_STEPS_PER_EPOCH
+        assert (killed_after + 1) % per_epoch != 0  # killed mid-epoch
+        assert readable["keras_steps"] == {
+            f"ckpt_{e}.keras": e * per_epoch
+            for e in range(1, killed_after // per_epoch + 1)
+        }
 
         process = _worker(workdir, log)
         assert process.wait(timeout=300) == 0, open(log.name).read()
@@ -181,6 +187,7 @@ def test_sigkill_mid_epoch_then_restart(tmp_path):
     restored = starts[1]
     assert restored == readable["backup_step"]
     assert killed_after + 1 - restored <= 4  # steps lost
+    print("killed after step", killed_after, "restored", restored, readable)
     final = events[-1]["final"]
     # Training completed in the last stage, and the blocks ran the
     # reference subsets of every global step that was kept.
