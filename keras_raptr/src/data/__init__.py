@@ -1,0 +1,1 @@
+"""Real English text, a WordPiece vocabulary and MLM examples for the demo."""
