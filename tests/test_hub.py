@@ -397,3 +397,40 @@ def test_import_keras_raptr_does_not_import_keras_hub():
     )
     env = dict(os.environ)
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# -- the demo --------------------------------------------------------------
+
+
+def test_demo_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "KERAS_BACKEND": keras.config.backend(),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "demo.py"),
+         "--smoke", "--no-progress", "--out", str(out),
+         "--cache", str(tmp_path / "cache")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out loss" in result.stdout
+    with open(out / "results.json") as f:
+        report = json.load(f)
+    methods = {r["method"]: r for r in report["results"]}
+    assert set(methods) == {"raptr", "baseline"}
+    assert report["versions"]["keras"] == keras.__version__
+    # Smoke schedule 2-3 over 4 steps: keeps 2, 2, 3, 3 of 3 blocks.
+    assert methods["raptr"]["keep_counts"] == [2, 2, 3, 3]
+    np.testing.assert_allclose(
+        methods["raptr"]["block_flops_fraction"], 10 / 12
+    )
+    assert methods["baseline"]["block_flops_fraction"] == 1.0
+    for r in methods.values():
+        assert r["steps"] == 4 and np.isfinite(r["final_loss"])
+        assert len(r["held_out_curve"]) == 3  # step 0 and 2 evaluations
+    with open(out / "loss_curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
