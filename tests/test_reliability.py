@@ -194,3 +194,25 @@ def test_sigkill_mid_epoch_then_restart(tmp_path):
     assert final["keep_count"] == 6
     keep = keep_per_step(final["stages"], final["step"])
     assert final["counts"] == reference_counts(6, (0, 5), keep).tolist()
+
+
+@pytest.mark.large
+def test_soak_briefly():
+    # benchmarks/soak.py, short: 400 steps over 4 stages.
+    steps = "200" if keras.config.backend() == "torch" else "400"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "soak.py"),
+            "--steps", steps,
+            "--every", "5",
+            "--epochs", "8",
+            "--torch_threads", "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "soak: OK" in result.stdout
