@@ -210,6 +210,16 @@ def test_bad_schedule_arguments(schedule, kwargs, match):
         keras_raptr.StageScheduler(schedule, verbose=0, **kwargs)
 
 
+def test_total_steps_accepts_numpy_integers():
+    # e.g. total_steps = len(dataset) * epochs computed with numpy.
+    scheduler = keras_raptr.StageScheduler(
+        "2-4-6", total_steps=np.int64(12), verbose=0
+    )
+    assert scheduler.total_steps == 12 and type(scheduler.total_steps) is int
+    with pytest.raises(ValueError, match="`total_steps`"):
+        keras_raptr.StageScheduler("2-6", total_steps=np.int64(0))
+
+
 def test_decreasing_allowed_on_purpose():
     model, stack, blocks = fresh_model()
     x, y = data(32)

@@ -1,4 +1,5 @@
 import logging
+import numbers
 
 import keras
 from keras import ops
@@ -106,7 +107,7 @@ class StageScheduler(keras.callbacks.Callback):
         )
         if total_steps is not None and (
             isinstance(total_steps, bool)
-            or not isinstance(total_steps, int)
+            or not isinstance(total_steps, numbers.Integral)
             or total_steps < 1
         ):
             raise ValueError(
@@ -120,7 +121,7 @@ class StageScheduler(keras.callbacks.Callback):
                 f"Received: total_steps={total_steps!r}"
             )
         self.schedule = schedule
-        self.total_steps = total_steps
+        self.total_steps = None if total_steps is None else int(total_steps)
         self.unit = unit
         self.layer_name = layer_name
         self.allow_decreasing = allow_decreasing
