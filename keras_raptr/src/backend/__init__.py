@@ -14,6 +14,9 @@ Every implementation has the signature
 
 A skipped block is identity, is not computed forward or backward, and its
 trainable weights receive a zero gradient on every backend.
+
+`retrace_train_function(model)` rebuilds the model's training function so the
+next step is traced again (used when a stage changes the traced keep count).
 """
 
 import keras
@@ -21,8 +24,17 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
-    from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.jax import (  # noqa: F401
+        retrace_train_function,
+        run_blocks,
+    )
 elif _BACKEND == "torch":
-    from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.torch import (  # noqa: F401
+        retrace_train_function,
+        run_blocks,
+    )
 else:
-    from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.tensorflow import (  # noqa: F401
+        retrace_train_function,
+        run_blocks,
+    )

@@ -40,3 +40,33 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
         else:
             x = _run_free_block(mask[index], block, x, call_kwargs, post)
     return x
+
+
+def retrace_train_function(model):
+    """Rebuilds `model.train_function` so that the next step is traced anew.
+
+    `make_train_function(force=True)` alone does not retrace on JAX: it jits
+    the same `model.train_step` again and `jax.jit`'s cache (keyed on the
+    function) returns the old trace. Jitting a new function object does.
+    """
+    own = model.__dict__.get("train_step")
+    base = own if own is not None else getattr(type(model), "train_step")
+
+    if own is not None:
+
+        def train_step(*args, **kwargs):
+            return own(*args, **kwargs)
+
+    else:
+
+        def train_step(*args, **kwargs):
+            return base(model, *args, **kwargs)
+
+    model.train_step = train_step
+    try:
+        model.make_train_function(force=True)
+    finally:
+        if own is None:
+            del model.train_step
+        else:
+            model.train_step = own

@@ -22,3 +22,8 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
 
         x = ops.cond(mask[index], run, skip)
     return x
+
+
+def retrace_train_function(model):
+    """Rebuilds `model.train_function`; the next step is traced anew."""
+    model.make_train_function(force=True)

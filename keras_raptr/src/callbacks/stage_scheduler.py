@@ -4,6 +4,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_raptr.src import backend
 from keras_raptr.src.api_export import raptr_export
 from keras_raptr.src.callbacks.schedule import ResolvedSchedule
 from keras_raptr.src.callbacks.schedule import parse_schedule
@@ -193,6 +194,13 @@ class StageScheduler(keras.callbacks.Callback):
         if self.unit == "epochs":
             self._enter(self._resolved.stage_at(epoch), epoch)
 
+    def on_train_end(self, logs=None):
+        # Outside this callback's `fit`, nothing retraces the step when
+        # `keep_count` changes: go back to reading it at run time.
+        for stack in self._stacks or ():
+            stack._compiled_keep_count = None
+        self._model.train_function = None
+
     def _global_step(self):
         # The stack's own step counter: it is saved with the weights, drives
         # the subset sampler, and (unlike `optimizer.iterations`) also counts
@@ -212,9 +220,14 @@ class StageScheduler(keras.callbacks.Callback):
         if stage == self._stage:
             return
         keep_count = self._resolved.keep_counts[stage]
-        self.model  # On JAX, writes the in-flight state back to variables.
+        model = self.model  # On JAX, writes in-flight state to variables.
         for stack in self._stacks:
             stack.keep_count.assign(keep_count)
+            # The step is retraced for the stage's keep count (exactly k
+            # blocks of straight-line work on JAX/TF): one compile per stage.
+            stack._compiled_keep_count = keep_count
+        if model.train_function is not None:
+            backend.retrace_train_function(model)
         if self.verbose:
             where = "epoch" if self.unit == "epochs" else "step"
             message = (

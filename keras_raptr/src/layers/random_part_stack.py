@@ -1,6 +1,7 @@
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_raptr.src import backend
@@ -183,6 +184,16 @@ class RandomPartStack(keras.layers.Layer):
             self._free.index(i) if i in self._free else None
             for i in range(num_blocks)
         ]
+        self._fixed_ids = np.array(fixed, dtype="int32")
+        self._free_ids = np.array(self._free, dtype="int32")
+        self._fixed_flags = np.array(
+            [i in fixed for i in range(num_blocks)], dtype=bool
+        )
+        # Set by StageScheduler while it drives `fit` (it rebuilds the train
+        # function whenever it changes this): the keep count the training
+        # step is traced for. `None`: the step reads `keep_count` at run time.
+        self._compiled_keep_count = None
+        self._homogeneous = False
         self._seed_int32 = sampler.seed_hash(self.seed)
         self._offsets = sampler.index_offsets(len(self._free))
         self.keep_count = self.add_weight(
@@ -218,6 +229,7 @@ class RandomPartStack(keras.layers.Layer):
                     f"Received: blocks[{index}] ({block.name}) maps input "
                     f"shape {shape} to {out_shape}"
                 )
+        self._homogeneous = _same_structure(self.blocks)
 
     def call(self, inputs, training=None, **kwargs):
         call_kwargs = dict(kwargs)
@@ -236,21 +248,77 @@ class RandomPartStack(keras.layers.Layer):
         )
         # Hash the step before advancing it: on TF and torch `value` can alias
         # the variable's storage, so a later read would see the new count.
+        # Hash the step before advancing it: on TF and torch `value` can alias
+        # the variable's storage, so a later read would see the new count.
         hashes = sampler.block_hashes(
             self._seed_int32, self.step.value, self._offsets
         )
         self.step.assign_add(1)
+        post = self._make_post(keep_probability)
+        compiled = self._compiled_keep_count
+        if compiled is not None and compiled == self.num_blocks:
+            x = inputs  # last stage: the plain full model
+            for block in self.blocks:
+                x = block(x, **call_kwargs)
+            return x
+        if (
+            compiled is not None
+            and self._homogeneous
+            and self.sampling == "exact"
+        ):
+            return self._run_gathered(
+                inputs, hashes, compiled, call_kwargs, post
+            )
         mask = sampler.keep_mask(
             hashes, num_free_kept, self.sampling, keep_probability
         )
         return backend.run_blocks(
-            inputs,
-            self.blocks,
-            self._free_index,
-            mask,
-            call_kwargs,
-            self._make_post(keep_probability),
+            inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )
+
+    def _run_gathered(self, x, hashes, keep_count, call_kwargs, post):
+        """Runs exactly `keep_count` blocks as straight-line code.
+
+        For blocks of one structure (same class, config and weight shapes):
+        slot `j` runs the first block's computation on the weights of the
+        `j`-th kept block, gathered from the blocks' variables (which stay
+        where they are, e.g. shared with a KerasHub backbone). No conditional
+        is traced, so the compiled step holds exactly `keep_count` blocks of
+        work; skipped blocks' weights get a zero gradient (the gradient of
+        the gather). `keep_count` is static: one trace per stage.
+        """
+        num_free_kept = keep_count - len(self.fixed)
+        scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
+        chosen = ops.take(self._free_ids, ops.argsort(scores)[:num_free_kept])
+        kept = ops.sort(ops.concatenate([self._fixed_ids, chosen]))
+        is_fixed = ops.take(self._fixed_flags, kept)
+
+        def stacked(variables_of):
+            columns = zip(*[variables_of(block) for block in self.blocks])
+            return [ops.stack([v.value for v in col]) for col in columns]
+
+        trainable = stacked(lambda b: b.trainable_variables)
+        state = stacked(lambda b: b.non_trainable_variables)
+        template = self.blocks[0]
+        for slot in range(keep_count):
+            index = kept[slot]
+            y, new_state = template.stateless_call(
+                [ops.take(w, index, axis=0) for w in trainable],
+                [ops.take(v, index, axis=0) for v in state],
+                x,
+                **call_kwargs,
+            )
+            x = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
+            state = [
+                ops.slice_update(
+                    v, [index] + [0] * (len(v.shape) - 1), new[None]
+                )
+                for v, new in zip(state, new_state)
+            ]
+        for position, block in enumerate(self.blocks):
+            for variable, values in zip(block.non_trainable_variables, state):
+                variable.assign(values[position])
+        return x
 
     def _make_post(self, keep_probability):
         if self.scaling == "none":
@@ -296,3 +364,36 @@ class RandomPartStack(keras.layers.Layer):
         ]
         return cls(**config)
 
+
+
+def _without_names(config):
+    if isinstance(config, dict):
+        return {
+            key: _without_names(value)
+            for key, value in config.items()
+            if key != "name"
+        }
+    if isinstance(config, (list, tuple)):
+        return [_without_names(value) for value in config]
+    return config
+
+
+def _same_structure(blocks):
+    """Whether every block computes the same function of its own weights."""
+
+    def signature(block):
+        try:
+            config = _without_names(block.get_config())
+        except NotImplementedError:
+            return None
+        return (
+            type(block),
+            config,
+            [(tuple(v.shape), v.dtype) for v in block.trainable_variables],
+            [(tuple(v.shape), v.dtype) for v in block.non_trainable_variables],
+        )
+
+    first = signature(blocks[0])
+    return first is not None and all(
+        signature(block) == first for block in blocks[1:]
+    )

@@ -1,0 +1,252 @@
+"""Training step time of RandomPartStack against plain models, per backend.
+
+For a stack of L transformer blocks (keras_hub.layers.TransformerEncoder,
+dropout 0.1) this measures, in one run:
+
+- `plain L`: a plain model running all L blocks (the full model);
+- `plain k`: a plain model holding only k blocks (the limit for RaPTr at k);
+- `raptr k`: a RandomPartStack of L blocks running k per step (first and last
+  fixed), for several k including k = L.
+
+Each configuration runs in its own process (clean peak memory and compile
+counts) and reports the median over repetitions of the time per training
+step of `model.fit`, the peak memory above the process's state after import,
+the number of traces of the training step after warm-up (0 = no retrace),
+and the compile + first-steps time. The table gives ratios to the limit and to
+the full model.
+
+    .venv/bin/python benchmarks/step_time.py                     # all backends, CPU sizes
+    .venv/bin/python benchmarks/step_time.py --backends jax --size gpu
+
+Prints a Markdown table; `--json PATH` also writes the raw records.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+SIZES = {
+    # CPU: small enough for a 2-core machine, large enough that a block is
+    # real work (about 0.9 GFLOP forward per block and step).
+    "cpu": dict(layers=8, dim=128, heads=4, ff=512, seq=64, batch=32,
+                vocab=2000, steps=8, reps=5, warmup=3),
+    # GPU: BERT-Base shaped.
+    "gpu": dict(layers=12, dim=768, heads=12, ff=3072, seq=128, batch=128,
+                vocab=30522, steps=20, reps=5, warmup=5),
+}
+
+
+def _worker(config):
+    os.environ["KERAS_BACKEND"] = config["backend"]
+    import resource
+
+    import keras
+    import keras_hub
+    import numpy as np
+
+    import keras_raptr
+
+    backend = keras.config.backend()
+    if config.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy(config["mixed_precision"])
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    base_rss = rss_mb()
+    traces = [0]
+
+    class Traced(keras_hub.layers.TransformerEncoder):
+        def call(self, inputs, training=None, **kwargs):
+            traces[0] += 1
+            return super().call(inputs, training=training, **kwargs)
+
+    s = config
+    kind, keep = s["kind"], s["keep"]
+    num_blocks = keep if kind == "plain" else s["layers"]
+    blocks = [
+        Traced(s["ff"], s["heads"], dropout=0.1, activation="gelu",
+               name=f"block_{i}")
+        for i in range(num_blocks)
+    ]
+    tokens = keras.Input((s["seq"],), dtype="int32")
+    x = keras.layers.Embedding(s["vocab"], s["dim"])(tokens)
+    x = keras.layers.LayerNormalization()(x)
+    if kind == "plain":
+        for block in blocks:
+            x = block(x)
+    else:
+        x = keras_raptr.RandomPartStack(blocks, keep_count=keep)(x)
+    logits = keras.layers.Dense(s["vocab"], dtype="float32")(x)
+    model = keras.Model(tokens, logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=s["jit_compile"],
+    )
+    rng = np.random.default_rng(0)
+    n = s["batch"] * s["steps"]
+    data = rng.integers(0, s["vocab"], (n, s["seq"]), dtype="int32")
+    labels = rng.integers(0, s["vocab"], (n, s["seq"]), dtype="int32")
+
+    def fit(steps):
+        model.fit(data[: s["batch"] * steps], labels[: s["batch"] * steps],
+                  batch_size=s["batch"], epochs=1, verbose=0, shuffle=False)
+
+    start = time.perf_counter()
+    fit(s["warmup"])
+    compile_s = time.perf_counter() - start
+    traces_after_warmup = traces[0]
+    times = []
+    for _ in range(s["reps"]):
+        start = time.perf_counter()
+        fit(s["steps"])
+        times.append((time.perf_counter() - start) / s["steps"])
+    peak_mb = None
+    if backend == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+        if stats and "peak_bytes_in_use" in stats:
+            peak_mb = stats["peak_bytes_in_use"] / 2**20
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    if peak_mb is None:
+        maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = maxrss_mb - base_rss
+    return dict(
+        ms=1000 * float(np.median(times)),
+        ms_min=1000 * float(np.min(times)),
+        peak_mb=peak_mb,
+        retraces=traces[0] - traces_after_warmup,
+        compile_s=compile_s,
+        device=_device_name(backend),
+    )
+
+
+def _device_name(backend):
+    try:
+        if backend == "jax":
+            import jax
+
+            return str(jax.devices()[0].device_kind)
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+    except Exception:  # device naming is informational only
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _variants(backend):
+    if backend == "tensorflow":
+        return [("tf.function", False), ("XLA", True)]
+    if backend == "torch":
+        return [("eager", False)]
+    return [("jit", True)]
+
+
+def _run_config(config):
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(config)],
+        capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return {**config, **json.loads(line[len("RESULT "):])}
+    raise RuntimeError(
+        f"benchmark worker failed for {config}:\n{out.stderr[-3000:]}"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--keeps", default=None,
+                        help="comma-separated k values (default L/4, L/2, L)")
+    parser.add_argument("--mixed-precision", default=None)
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also measure torch with jit_compile=True")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(_worker(json.loads(args.worker))),
+              flush=True)
+        return
+
+    size = dict(SIZES[args.size])
+    layers = size["layers"]
+    keeps = (
+        [int(k) for k in args.keeps.split(",")] if args.keeps
+        else [layers // 4, layers // 2, layers]
+    )
+    keeps = sorted({max(k, 2) for k in keeps})
+    records = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bar is optional
+        def tqdm(x, **kwargs):
+            return x
+    jobs = []
+    for backend in args.backends.split(","):
+        variants = _variants(backend)
+        if backend == "torch" and args.torch_compile:
+            variants.append(("compile", True))
+        for variant, jit in variants:
+            for kind, keep in (
+                [("plain", layers)]
+                + [("plain", k) for k in keeps if k < layers]
+                + [("raptr", k) for k in keeps]
+            ):
+                jobs.append(dict(size, backend=backend, variant=variant,
+                                 jit_compile=jit, kind=kind, keep=keep,
+                                 mixed_precision=args.mixed_precision))
+    for job in tqdm(jobs, desc="configs"):
+        records.append(_run_config(job))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    print_table(records, size)
+
+
+def print_table(records, size):
+    print(
+        f"\nL={size['layers']} blocks (TransformerEncoder dim={size['dim']}, "
+        f"heads={size['heads']}, ff={size['ff']}, dropout 0.1), "
+        f"seq={size['seq']}, batch={size['batch']}, AdamW; median of "
+        f"{size['reps']} x {size['steps']} steps.\n"
+    )
+    print("| backend | mode | model | k of L | ms/step | vs limit (plain k) "
+          "| vs full (plain L) | peak MB | retraces | compile+warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        same = [q for q in records
+                if q["backend"] == r["backend"] and q["variant"] == r["variant"]
+                and q["kind"] == "plain"]
+        full = next(q for q in same if q["keep"] == size["layers"])
+        limit = next((q for q in same if q["keep"] == r["keep"]), None)
+        vs_limit = f"{r['ms'] / limit['ms']:.3f}" if limit else "-"
+        retraces = "eager" if r["variant"] == "eager" else str(r["retraces"])
+        print(
+            f"| {r['backend']} | {r['variant']} | {r['kind']} | "
+            f"{r['keep']} of {size['layers']} | {r['ms']:.1f} | {vs_limit} | "
+            f"{r['ms'] / full['ms']:.3f} | {r['peak_mb']:.0f} | {retraces} | "
+            f"{r['compile_s']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
