@@ -6,7 +6,12 @@ dropout 0.1) this measures, in one run:
 - `plain L`: a plain model running all L blocks (the full model);
 - `plain k`: a plain model holding only k blocks (the limit for RaPTr at k);
 - `raptr k`: a RandomPartStack of L blocks running k per step (first and last
-  fixed), for several k including k = L.
+  fixed), driven by a one-stage StageScheduler as in real use (the step is
+  traced for k: straight-line work over gathered weights on JAX/TF), for
+  several k including k = L;
+- `dynamic k`: the same stack with `keep_count` set and no scheduler (the
+  step reads the keep count at run time: one conditional per block on
+  JAX/TF), at k = L/2.
 
 Each configuration runs in its own process (clean peak memory and compile
 counts) and reports the median over repetitions of the time per training
@@ -82,6 +87,10 @@ def _worker(config):
             x = block(x)
     else:
         x = keras_raptr.RandomPartStack(blocks, keep_count=keep)(x)
+    callbacks = []
+    if kind == "raptr":
+        callbacks = [keras_raptr.StageScheduler(
+            [(keep, None)], allow_partial_final=True, verbose=0)]
     logits = keras.layers.Dense(s["vocab"], dtype="float32")(x)
     model = keras.Model(tokens, logits)
     model.compile(
@@ -96,7 +105,8 @@ def _worker(config):
 
     def fit(steps):
         model.fit(data[: s["batch"] * steps], labels[: s["batch"] * steps],
-                  batch_size=s["batch"], epochs=1, verbose=0, shuffle=False)
+                  batch_size=s["batch"], epochs=1, verbose=0, shuffle=False,
+                  callbacks=callbacks)
 
     start = time.perf_counter()
     fit(s["warmup"])
@@ -210,6 +220,7 @@ def main():
                 [("plain", layers)]
                 + [("plain", k) for k in keeps if k < layers]
                 + [("raptr", k) for k in keeps]
+                + [("dynamic", layers // 2)]
             ):
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,

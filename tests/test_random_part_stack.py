@@ -110,9 +110,13 @@ def test_one_trace_per_stage_and_none_per_step():
     scheduler = keras_raptr.StageScheduler("2-4-6", total_steps=20, verbose=0)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
     assert len(traces) == 1 + 2  # one per stage reached, none per step
+    # Calling fit again (e.g. once per epoch) reuses the stage's trace.
+    again = keras_raptr.StageScheduler("2-4-6", total_steps=20, verbose=0)
+    model.fit(x[:16], y[:16], batch_size=8, verbose=0, callbacks=[again])
+    assert len(traces) == 3
     np.testing.assert_array_equal(
         counts(blocks),
-        reference_counts(6, (0, 5), [2] * 8 + [4] * 5 + [6] * 15),
+        reference_counts(6, (0, 5), [2] * 8 + [4] * 5 + [6] * 17),
     )
 
 

@@ -194,6 +194,26 @@ class StageScheduler(keras.callbacks.Callback):
         if self.unit == "epochs":
             self._enter(self._resolved.stage_at(epoch), epoch)
 
+    def _use_train_function_for(self, model, keep_count):
+        """Points `model.train_function` at a step traced for `keep_count`.
+
+        Traced steps are kept on the model, so calling `fit` again (e.g. once
+        per epoch) reuses them instead of compiling again.
+        """
+        if model.train_function is None:
+            return  # fit has not built its step yet; it will trace anew
+        key = (
+            keep_count,
+            id(model.optimizer),
+            model.steps_per_execution,
+            model.jit_compile,
+        )
+        cache = model.__dict__.setdefault("_raptr_train_functions", {})
+        if key not in cache:
+            backend.retrace_train_function(model)
+            cache[key] = model.train_function
+        model.train_function = cache[key]
+
     def on_train_end(self, logs=None):
         # Outside this callback's `fit`, nothing retraces the step when
         # `keep_count` changes: go back to reading it at run time.
@@ -226,8 +246,7 @@ class StageScheduler(keras.callbacks.Callback):
             # The step is retraced for the stage's keep count (exactly k
             # blocks of straight-line work on JAX/TF): one compile per stage.
             stack._compiled_keep_count = keep_count
-        if model.train_function is not None:
-            backend.retrace_train_function(model)
+        self._use_train_function_for(model, keep_count)
         if self.verbose:
             where = "epoch" if self.unit == "epochs" else "step"
             message = (
