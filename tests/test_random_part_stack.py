@@ -347,3 +347,28 @@ def test_block_changing_shape_is_rejected_at_build():
     stack = keras_raptr.RandomPartStack(blocks)
     with pytest.raises(ValueError, match=r"`blocks`.*blocks\[1\]"):
         stack(np.ones((2, 4), "float32"))
+
+
+class NoTrainingArgBlock(keras.layers.Layer):
+    """A residual block whose `call` takes no `training` argument."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(input_shape[-1])
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return x + self.dense(x)
+
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_blocks_without_training_argument(scheduled):
+    blocks = [NoTrainingArgBlock(name=f"b{i}") for i in range(4)]
+    inputs = keras.Input((4,))
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3)
+    model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+    model.compile("sgd", "mse")
+    x, y = data(16)
+    callbacks = [keras_raptr.StageScheduler("3-4", verbose=0)] if scheduled else []
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                        callbacks=callbacks)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -10,13 +10,14 @@ assigned after the cond, where the enclosing trainer scope records them.
 
 import jax
 
-_EMPTY = ()
+from keras_raptr.src.backend.common import stateless_call_kwargs
 
 
 def _run_free_block(keep, block, x, call_kwargs, post):
     trainable = [v.value for v in block.trainable_variables]
     non_trainable_vars = block.non_trainable_variables
     non_trainable = [v.value for v in non_trainable_vars]
+    call_kwargs = stateless_call_kwargs(block, call_kwargs)
 
     def run():
         y, new_state = block.stateless_call(

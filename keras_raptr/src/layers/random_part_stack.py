@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_raptr.src import backend
 from keras_raptr.src.api_export import raptr_export
+from keras_raptr.src.backend.common import stateless_call_kwargs
 from keras_raptr.src.layers import sampling as sampler
 
 SAMPLING_MODES = ("exact", "bernoulli")
@@ -300,6 +301,7 @@ class RandomPartStack(keras.layers.Layer):
         trainable = stacked(lambda b: b.trainable_variables)
         state = stacked(lambda b: b.non_trainable_variables)
         template = self.blocks[0]
+        call_kwargs = stateless_call_kwargs(template, call_kwargs)
         for slot in range(keep_count):
             index = kept[slot]
             y, new_state = template.stateless_call(
