@@ -3,9 +3,10 @@
 The vocabulary file (`vocab.txt`, one token a line, `[PAD]` first) loads into
 `keras_hub.tokenizers.BertTokenizer(vocabulary=path, lowercase=True,
 strip_accents=True)`.
-Encoding for the demo uses the HF fast tokenizer on the same file (tens of
-times faster on CPU than the TensorFlow-text tokenizer); the tests check
-that both give the same ids.
+Encoding for the demo uses the HF fast tokenizer on the same file (about 4x
+faster than the TensorFlow-text based keras_hub tokenizer here: 0.06 s vs
+0.22 s for 200 documents, and no TensorFlow needed); the tests check that
+both give the same ids.
 """
 
 import hashlib
