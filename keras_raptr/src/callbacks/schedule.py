@@ -6,7 +6,7 @@ import numbers
 import re
 
 UNITS = ("steps", "epochs", "fraction")
-_SCHEDULE_STRING = re.compile(r"^\s*\d+(\s*-\s*\d+)*\s*$")
+_SCHEDULE_STRING = re.compile(r"^\s*\d+(\s*-\s*\d+)*\s*$", re.ASCII)
 
 
 def _is_int(value):
