@@ -17,6 +17,8 @@ trainable weights receive a zero gradient on every backend.
 
 `retrace_train_function(model)` rebuilds the model's training function so the
 next step is traced again (used when a stage changes the traced keep count).
+`trace_for_keep_count()` says whether a step traced for a known keep count
+should run the straight-line path for it (see RandomPartStack._run_gathered).
 """
 
 import keras
@@ -27,14 +29,17 @@ if _BACKEND == "jax":
     from keras_raptr.src.backend.jax import (  # noqa: F401
         retrace_train_function,
         run_blocks,
+        trace_for_keep_count,
     )
 elif _BACKEND == "torch":
     from keras_raptr.src.backend.torch import (  # noqa: F401
         retrace_train_function,
         run_blocks,
+        trace_for_keep_count,
     )
 else:
     from keras_raptr.src.backend.tensorflow import (  # noqa: F401
         retrace_train_function,
         run_blocks,
+        trace_for_keep_count,
     )

@@ -27,3 +27,9 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
 def retrace_train_function(model):
     """Rebuilds `model.train_function`; the next step is traced anew."""
     model.make_train_function(force=True)
+
+
+def trace_for_keep_count():
+    """Whether a step traced for a known keep count should use it (the
+    straight-line gathered path): yes, compiled steps are traced here."""
+    return True

@@ -55,3 +55,13 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
 def retrace_train_function(model):
     """Rebuilds `model.train_function`; the next step is traced anew."""
     model.make_train_function(force=True)
+
+
+def trace_for_keep_count():
+    """Whether a step traced for a known keep count should use it.
+
+    Eagerly, Python already runs exactly the kept blocks (no weight
+    gathering needed). Under `torch.compile` the straight-line path keeps
+    the graph free of data-dependent branches.
+    """
+    return torch.compiler.is_compiling()

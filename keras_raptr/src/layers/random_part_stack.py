@@ -257,6 +257,8 @@ class RandomPartStack(keras.layers.Layer):
         self.step.assign_add(1)
         post = self._make_post(keep_probability)
         compiled = self._compiled_keep_count
+        if not backend.trace_for_keep_count():
+            compiled = None
         if compiled is not None and compiled == self.num_blocks:
             x = inputs  # last stage: the plain full model
             for block in self.blocks:
