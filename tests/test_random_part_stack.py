@@ -372,3 +372,13 @@ def test_blocks_without_training_argument(scheduled):
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
                         callbacks=callbacks)
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_set_keep_count_checks_the_range():
+    stack = keras_raptr.RandomPartStack(_blocks(), keep_count=3)
+    stack.set_keep_count(4)
+    assert int(ops.convert_to_numpy(stack.keep_count)) == 4
+    for bad in (1, 5, 2.0, None):
+        with pytest.raises(ValueError, match="`keep_count`"):
+            stack.set_keep_count(bad)
+    assert int(ops.convert_to_numpy(stack.keep_count)) == 4

@@ -1,46 +1,8 @@
-"""JAX: one `lax.cond` per non-fixed block, with the block's state threaded.
-
-A block that changes its non-trainable state while it runs (Dropout advances
-its seed generator) cannot assign variables inside `lax.cond`: the new value
-would be a tracer that leaks out of the branch (keras-team/keras#20724). So the
-branch runs `block.stateless_call` and returns the new non-trainable values;
-both branches return a state of the same structure and the values are
-assigned after the cond, where the enclosing trainer scope records them.
+"""JAX: one `lax.cond` per non-fixed block at a run-time keep count
+(`common.run_blocks_with_cond`), and a retrace that defeats `jax.jit`'s cache.
 """
 
-import jax
-
-from keras_raptr.src.backend.common import stateless_call_kwargs
-
-
-def _run_free_block(keep, block, x, call_kwargs, post):
-    trainable = [v.value for v in block.trainable_variables]
-    non_trainable_vars = block.non_trainable_variables
-    non_trainable = [v.value for v in non_trainable_vars]
-    call_kwargs = stateless_call_kwargs(block, call_kwargs)
-
-    def run():
-        y, new_state = block.stateless_call(
-            trainable, non_trainable, x, **call_kwargs
-        )
-        return post(x, y), list(new_state)
-
-    def skip():
-        return x, non_trainable
-
-    x, new_state = jax.lax.cond(keep, run, skip)
-    for variable, value in zip(non_trainable_vars, new_state):
-        variable.assign(value)
-    return x
-
-
-def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
-    for block, index in zip(blocks, free_index):
-        if index is None:
-            x = block(x, **call_kwargs)
-        else:
-            x = _run_free_block(mask[index], block, x, call_kwargs, post)
-    return x
+from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks
 
 
 def retrace_train_function(model):

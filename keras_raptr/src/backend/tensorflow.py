@@ -1,27 +1,14 @@
-"""TensorFlow: one `tf.cond` per non-fixed block.
+"""TensorFlow: one `tf.cond` per non-fixed block at a run-time keep count
+(`common.run_blocks_with_cond`), with and without XLA.
 
-Under `tf.function` (with or without XLA) only the taken branch executes, and
-the gradient of the untaken branch's weights is zero. Variable assignments
-inside the branch (Dropout's seed state) are handled by TF's cond.
+Under `tf.function` only the taken branch executes, and the gradient of the
+untaken branch's weights is zero. The branch assigns no variables (the block
+runs through `stateless_call`), which also keeps `tf.distribute` strategies
+working: an assignment inside a `tf.cond` in replica context would need a
+`merge_call`, which TF does not allow inside control flow.
 """
 
-from keras import ops
-
-
-def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
-    for block, index in zip(blocks, free_index):
-        if index is None:
-            x = block(x, **call_kwargs)
-            continue
-
-        def run(block=block, x=x):
-            return post(x, block(x, **call_kwargs))
-
-        def skip(x=x):
-            return x
-
-        x = ops.cond(mask[index], run, skip)
-    return x
+from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks
 
 
 def retrace_train_function(model):

@@ -242,7 +242,7 @@ class StageScheduler(keras.callbacks.Callback):
         keep_count = self._resolved.keep_counts[stage]
         model = self.model  # On JAX, writes in-flight state to variables.
         for stack in self._stacks:
-            stack.keep_count.assign(keep_count)
+            stack.set_keep_count(keep_count)
             # The step is retraced for the stage's keep count (exactly k
             # blocks of straight-line work on JAX/TF): one compile per stage.
             stack._compiled_keep_count = keep_count

@@ -218,6 +218,17 @@ class RandomPartStack(keras.layers.Layer):
     def num_blocks(self):
         return len(self.blocks)
 
+    def set_keep_count(self, keep_count):
+        """Checks `keep_count` and assigns it to the `keep_count` variable.
+
+        Raises a `ValueError` for a value outside `[len(fixed), num_blocks]`
+        or not an int. (A bare `keep_count.assign(...)` is not checked.)
+        """
+        keep_count = validate_keep_count(
+            keep_count, self.num_blocks, len(self.fixed)
+        )
+        self.keep_count.assign(keep_count)
+
     def build(self, input_shape):
         shape = tuple(input_shape)
         for index, block in enumerate(self.blocks):
@@ -332,9 +343,14 @@ class RandomPartStack(keras.layers.Layer):
 
             return post
 
+        # Kept non-fixed blocks exist only when p > 0; the floor keeps the
+        # unused value finite where a path computes it anyway (the gathered
+        # path selects with `where`, whose gradient would be 0 * inf = NaN).
+        inverse = ops.divide(1.0, ops.maximum(keep_probability, 1e-6))
+
         def post(x, y):
             y = ops.cast(y, x.dtype)
-            scale = ops.cast(ops.divide(1.0, keep_probability), x.dtype)
+            scale = ops.cast(inverse, x.dtype)
             return ops.add(x, ops.multiply(ops.subtract(y, x), scale))
 
         return post
