@@ -5,6 +5,9 @@ dropout 0.1) this measures, in one run:
 
 - `plain L`: a plain model running all L blocks (the full model);
 - `plain k`: a plain model holding only k blocks (the limit for RaPTr at k);
+The model is BERT-pretraining shaped: embedding, the blocks, and an MLM head
+on the 15% masked positions.
+
 - `raptr k`: a RandomPartStack of L blocks running k per step (first and last
   fixed), driven by a one-stage StageScheduler as in real use (the step is
   traced for k: straight-line work over gathered weights on JAX/TF), for
@@ -36,13 +39,58 @@ import time
 
 SIZES = {
     # CPU: small enough for a 2-core machine, large enough that a block is
-    # real work (about 0.9 GFLOP forward per block and step).
-    "cpu": dict(layers=8, dim=128, heads=4, ff=512, seq=64, batch=32,
-                vocab=2000, steps=8, reps=5, warmup=3),
+    # real work (about 1.9 GFLOP forward per block and step).
+    "cpu": dict(layers=8, dim=128, heads=4, ff=512, seq=128, batch=32,
+                vocab=8000, steps=8, reps=5, warmup=3),
     # GPU: BERT-Base shaped.
     "gpu": dict(layers=12, dim=768, heads=12, ff=3072, seq=128, batch=128,
                 vocab=30522, steps=20, reps=5, warmup=5),
 }
+
+
+def build_model(s, kind, keep, block_class=None):
+    """Embedding -> L (or k) TransformerEncoders -> MLM head on the masked
+    positions (15%), as in BERT pretraining. Returns (model, data, labels)."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    import keras_raptr
+
+    block_class = block_class or keras_hub.layers.TransformerEncoder
+    num_blocks = keep if kind == "plain" else s["layers"]
+    blocks = [
+        block_class(s["ff"], s["heads"], dropout=0.1, activation="gelu",
+                    name=f"block_{i}")
+        for i in range(num_blocks)
+    ]
+    masked = max(1, s["seq"] * 15 // 100)
+    tokens = keras.Input((s["seq"],), dtype="int32")
+    positions = keras.Input((masked,), dtype="int32")
+    x = keras.layers.Embedding(s["vocab"], s["dim"])(tokens)
+    x = keras.layers.LayerNormalization()(x)
+    if kind == "plain":
+        for block in blocks:
+            x = block(x)
+    else:
+        x = keras_raptr.RandomPartStack(blocks, keep_count=keep)(x)
+    x = keras.ops.take_along_axis(x, keras.ops.expand_dims(positions, -1), 1)
+    logits = keras.layers.Dense(s["vocab"], dtype="float32")(x)
+    model = keras.Model([tokens, positions], logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=s["jit_compile"],
+    )
+    rng = np.random.default_rng(0)
+    n = s["batch"] * s["steps"]
+    data = [
+        rng.integers(0, s["vocab"], (n, s["seq"]), dtype="int32"),
+        np.sort(rng.permuted(np.tile(np.arange(s["seq"]), (n, 1)), axis=1)
+                [:, :masked], axis=1).astype("int32"),
+    ]
+    labels = rng.integers(0, s["vocab"], (n, masked), dtype="int32")
+    return model, data, labels
 
 
 def _worker(config):
@@ -73,38 +121,15 @@ def _worker(config):
 
     s = config
     kind, keep = s["kind"], s["keep"]
-    num_blocks = keep if kind == "plain" else s["layers"]
-    blocks = [
-        Traced(s["ff"], s["heads"], dropout=0.1, activation="gelu",
-               name=f"block_{i}")
-        for i in range(num_blocks)
-    ]
-    tokens = keras.Input((s["seq"],), dtype="int32")
-    x = keras.layers.Embedding(s["vocab"], s["dim"])(tokens)
-    x = keras.layers.LayerNormalization()(x)
-    if kind == "plain":
-        for block in blocks:
-            x = block(x)
-    else:
-        x = keras_raptr.RandomPartStack(blocks, keep_count=keep)(x)
+    model, data, labels = build_model(s, kind, keep, Traced)
     callbacks = []
     if kind == "raptr":
         callbacks = [keras_raptr.StageScheduler(
             [(keep, None)], allow_partial_final=True, verbose=0)]
-    logits = keras.layers.Dense(s["vocab"], dtype="float32")(x)
-    model = keras.Model(tokens, logits)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=s["jit_compile"],
-    )
-    rng = np.random.default_rng(0)
-    n = s["batch"] * s["steps"]
-    data = rng.integers(0, s["vocab"], (n, s["seq"]), dtype="int32")
-    labels = rng.integers(0, s["vocab"], (n, s["seq"]), dtype="int32")
 
     def fit(steps):
-        model.fit(data[: s["batch"] * steps], labels[: s["batch"] * steps],
+        model.fit([d[: s["batch"] * steps] for d in data],
+                  labels[: s["batch"] * steps],
                   batch_size=s["batch"], epochs=1, verbose=0, shuffle=False,
                   callbacks=callbacks)
 
@@ -190,12 +215,22 @@ def main():
     parser.add_argument("--torch-compile", action="store_true",
                         help="also measure torch with jit_compile=True")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="train the full model and RaPTr (--schedule) for "
+                        "--e2e-steps steps each; report wall time per stage")
+    parser.add_argument("--schedule", default=None,
+                        help="end-to-end schedule (default: L/2 .. L in 4 "
+                        "equal stages, e.g. 6-8-10-12 for L=12)")
+    parser.add_argument("--e2e-steps", type=int, default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(_worker(json.loads(args.worker))),
-              flush=True)
+        config = json.loads(args.worker)
+        run = _e2e_worker if config.get("mode") == "e2e" else _worker
+        print("RESULT " + json.dumps(run(config)), flush=True)
         return
+    if args.end_to_end:
+        return end_to_end(args)
 
     size = dict(SIZES[args.size])
     layers = size["layers"]
@@ -231,6 +266,87 @@ def main():
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
     print_table(records, size)
+
+
+def _e2e_worker(config):
+    os.environ["KERAS_BACKEND"] = config["backend"]
+    import keras
+    from keras import ops
+
+    import keras_raptr
+    from keras_raptr.src.callbacks.schedule import parse_schedule
+    from keras_raptr.src.callbacks.schedule import stage_starts
+
+    if config.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    s = dict(config, steps=config["e2e_steps"])
+    kind = "raptr" if config["method"] == "raptr" else "plain"
+    model, data, labels = build_model(s, kind, s["layers"])
+    keeps, lengths = parse_schedule(config["schedule"])
+    starts = stage_starts(keeps, lengths, "steps", s["steps"])
+    marks = []
+
+    class StageClock(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch in starts:  # block until the previous steps finished
+                ops.convert_to_numpy(self.model.optimizer.iterations)
+                marks.append((batch, time.perf_counter()))
+
+        def on_train_end(self, logs=None):
+            ops.convert_to_numpy(self.model.optimizer.iterations)
+            marks.append((s["steps"], time.perf_counter()))
+
+    callbacks = [StageClock()]
+    if kind == "raptr":
+        callbacks.insert(0, keras_raptr.StageScheduler(
+            config["schedule"], total_steps=s["steps"], verbose=0))
+    start = time.perf_counter()
+    history = model.fit(data, labels, batch_size=s["batch"], epochs=1,
+                        verbose=0, shuffle=False, callbacks=callbacks)
+    total = time.perf_counter() - start
+    stages = []
+    for (begin, t0), (end, t1), keep in zip(marks, marks[1:], keeps):
+        stages.append(dict(keep=keep if kind == "raptr" else s["layers"],
+                           steps=end - begin, seconds=t1 - t0,
+                           tokens_per_s=(end - begin) * s["batch"] * s["seq"]
+                           / (t1 - t0)))
+    return dict(total_s=total, stages=stages,
+                loss=float(history.history["loss"][-1]),
+                device=_device_name(keras.config.backend()))
+
+
+def end_to_end(args):
+    size = dict(SIZES[args.size])
+    layers = size["layers"]
+    schedule = args.schedule or "-".join(
+        str(layers // 2 + round(i * (layers - layers // 2) / 3))
+        for i in range(4))
+    steps = args.e2e_steps or 8 * size["steps"]
+    print(f"End to end: L={layers}, schedule {schedule} over {steps} steps, "
+          f"batch {size['batch']} x seq {size['seq']}\n")
+    print("| backend | method | stage (k of L) | steps | wall s | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    summary = []
+    for backend in args.backends.split(","):
+        variant, jit = _variants(backend)[-1]
+        totals = {}
+        for method in ("baseline", "raptr"):
+            r = _run_config(dict(size, backend=backend, variant=variant,
+                                 jit_compile=jit, mode="e2e", method=method,
+                                 schedule=schedule, e2e_steps=steps,
+                                 mixed_precision=args.mixed_precision))
+            totals[method] = r["total_s"]
+            for stage in r["stages"]:
+                print(f"| {backend} ({variant}) | {method} | {stage['keep']} "
+                      f"of {layers} | {stage['steps']} | "
+                      f"{stage['seconds']:.1f} | {stage['tokens_per_s']:.0f} |")
+            print(f"| {backend} ({variant}) | {method} | total (incl. "
+                  f"compiles) | {steps} | {r['total_s']:.1f} | "
+                  f"{steps * size['batch'] * size['seq'] / r['total_s']:.0f} |")
+        summary.append((backend, totals["raptr"] / totals["baseline"]))
+    print()
+    for backend, ratio in summary:
+        print(f"{backend}: RaPTr wall time / baseline wall time = {ratio:.3f}")
 
 
 def print_table(records, size):
