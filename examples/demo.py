@@ -90,9 +90,6 @@ def parse_args(argv=None):
         parser.error("--layers must be >= 2 (first and last are fixed)")
     if args.hidden % args.heads:
         parser.error("--hidden must be divisible by --heads")
-    if args.steps % args.evals:
-        parser.error("--steps must be a multiple of --evals (held-out "
-                     "evaluations at equal intervals)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or set(methods) - {"raptr", "baseline"}:
         parser.error("--methods takes a comma-separated subset of "
@@ -223,11 +220,11 @@ def build_model(args, vocab_size, raptr):
     return model
 
 
-def make_progress(total, label, enabled):
+def make_progress(bar, label):
     import keras
 
     class Progress(keras.callbacks.Callback):
-        """tqdm bar over all steps of one run. Records each step's keep count
+        """Advances the shared progress bar. Records each step's keep count
         and wall time, and the training time of each epoch (epoch start to
         the start of its validation)."""
 
@@ -236,19 +233,14 @@ def make_progress(total, label, enabled):
             self.scheduler = scheduler
             self.keeps, self.step_seconds = [], []
             self.train_seconds = 0.0
-            self.bar = None
-            if enabled:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=label, unit="step",
-                                dynamic_ncols=True, file=sys.stdout)
+            self.in_epoch = False
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.perf_counter()
             self.in_epoch = True
 
         def on_test_begin(self, logs=None):
-            if getattr(self, "in_epoch", False):
+            if self.in_epoch:
                 self.train_seconds += time.perf_counter() - self.epoch_start
                 self.in_epoch = False
 
@@ -266,92 +258,137 @@ def make_progress(total, label, enabled):
             # Reading the loss waits for the step to finish.
             loss = float(logs["loss"])
             self.step_seconds.append(time.perf_counter() - self.step_start)
-            if self.bar is not None:
-                self.bar.update(1)
-                postfix = {"loss": f"{loss:.3f}"}
+            if bar is not None:
+                bar.update(1)
+                postfix = {"run": label, "loss": f"{loss:.3f}"}
                 if self.keeps[-1] is not None:
                     postfix["keep"] = self.keeps[-1]
-                self.bar.set_postfix(postfix, refresh=False)
-
-        def close(self):
-            if self.bar is not None:
-                self.bar.close()
+                bar.set_postfix(postfix, refresh=False)
 
     return Progress
 
 
-def train(args, method, data, held, vocab_size):
-    import keras
-    import numpy as np
+class Run:
+    """One method's model, trained chunk by chunk (one chunk per RaPTr
+    stage), so that the two methods can take turns on the CPU."""
 
-    import keras_raptr
+    def __init__(self, args, method, vocab_size, bar):
+        import keras_raptr
 
-    raptr = method == "raptr"
-    model = build_model(args, vocab_size, raptr)
-    train_x, train_y, train_w = data
-    held_x, held_y, held_w = held
-    scheduler = None
-    if raptr:
-        scheduler = keras_raptr.StageScheduler(
-            args.schedule, total_steps=args.steps, verbose=0
+        self.args, self.method = args, method
+        self.raptr = method == "raptr"
+        self.model = build_model(args, vocab_size, self.raptr)
+        self.scheduler = None
+        if self.raptr:
+            self.scheduler = keras_raptr.StageScheduler(
+                args.schedule, total_steps=args.steps, verbose=0
+            )
+        self.progress = make_progress(bar, method)(self.scheduler)
+        self.curve, self.train_curve = [], []
+        self.eval_seconds = 0.0
+
+    def evaluate(self, held):
+        held_x, held_y, held_w = held
+        start = time.perf_counter()
+        loss, acc = self.model.evaluate(
+            held_x, held_y, sample_weight=held_w,
+            batch_size=self.args.batch, verbose=0,
         )
-    progress = make_progress(
-        args.steps, f"{method:>8}", not args.no_progress
-    )(scheduler)
-    callbacks = [c for c in (scheduler, progress) if c is not None]
-    interval = args.steps // args.evals
+        self.eval_seconds += time.perf_counter() - start
+        self.curve.append({"step": 0, "loss": float(loss),
+                           "acc": float(acc)})
 
-    start = time.perf_counter()
-    loss, acc = model.evaluate(held_x, held_y, sample_weight=held_w,
-                               batch_size=args.batch, verbose=0)
-    first_eval = time.perf_counter() - start
-    # One `fit`, one "epoch" per evaluation interval: the numpy iterator
-    # carries on across epochs because `steps_per_epoch` is set, and Keras
-    # evaluates the held-out set at each epoch end.
-    start = time.perf_counter()
-    history = model.fit(
-        train_x, train_y, sample_weight=train_w, batch_size=args.batch,
-        epochs=args.evals, steps_per_epoch=interval, shuffle=False,
-        validation_data=(held_x, held_y, held_w),
-        validation_batch_size=args.batch, verbose=0, callbacks=callbacks,
-    )
-    fit_seconds = time.perf_counter() - start
-    progress.close()
-    h = history.history
-    curve = [{"step": 0, "loss": float(loss), "acc": float(acc)}] + [
-        {"step": (i + 1) * interval, "loss": float(v), "acc": float(a)}
-        for i, (v, a) in enumerate(zip(h["val_loss"], h["val_acc"]))
-    ]
-    train_curve = [{"step": (i + 1) * interval, "loss": float(v)}
-                   for i, v in enumerate(h["loss"])]
-    keeps = [k if k is not None else args.layers for k in progress.keeps]
-    if raptr:
-        stack = model.backbone.random_part_stack
-        steps_run = int(keras.ops.convert_to_numpy(stack.step))
-        assert steps_run == args.steps, (steps_run, args.steps)
-    # Time beyond the median step spent in the first step of each stage
-    # (compilation, and on JAX a retrace after every keep-count change).
-    seconds = np.asarray(progress.step_seconds)
-    median = float(np.median(seconds))
-    firsts = [0] + stage_boundaries(keeps)
-    compile_seconds = float(sum(max(0.0, seconds[i] - median)
-                                for i in firsts if i < len(seconds)))
-    tokens = args.steps * args.batch * args.seq_len
-    return {
-        "method": method,
-        "steps": args.steps,
-        "train_seconds": progress.train_seconds,
-        "eval_seconds": first_eval + fit_seconds - progress.train_seconds,
-        "compile_seconds": compile_seconds,
-        "median_step_seconds": median,
-        "tokens_per_second": tokens / progress.train_seconds,
-        "block_flops_fraction": float(np.mean(keeps)) / args.layers,
-        "keep_counts": keeps,
-        "final_loss": curve[-1]["loss"],
-        "final_acc": curve[-1]["acc"],
-        "held_out_curve": curve,
-        "train_curve": train_curve,
-    }
+    def fit_chunk(self, chunk, num_chunks, data, held):
+        args = self.args
+        train_x, train_y, train_w = data
+        interval = args.steps // args.evals
+        evals_per_chunk = args.evals // num_chunks
+        first_epoch = chunk * evals_per_chunk
+        rows = slice(first_epoch * interval * args.batch,
+                     (first_epoch + evals_per_chunk) * interval * args.batch)
+        callbacks = [c for c in (self.scheduler, self.progress)
+                     if c is not None]
+        start = time.perf_counter()
+        train_before = self.progress.train_seconds
+        # One "epoch" per evaluation interval: with `steps_per_epoch` set the
+        # numpy iterator carries on across the epochs of this call, and
+        # Keras evaluates the held-out set at each epoch end.
+        history = self.model.fit(
+            {k: v[rows] for k, v in train_x.items()}, train_y[rows],
+            sample_weight=train_w[rows], batch_size=args.batch,
+            initial_epoch=first_epoch, epochs=first_epoch + evals_per_chunk,
+            steps_per_epoch=interval, shuffle=False,
+            validation_data=held, validation_batch_size=args.batch,
+            verbose=0, callbacks=callbacks,
+        )
+        elapsed = time.perf_counter() - start
+        self.eval_seconds += elapsed - (
+            self.progress.train_seconds - train_before
+        )
+        h = history.history
+        for i in range(evals_per_chunk):
+            step = (first_epoch + i + 1) * interval
+            self.curve.append({"step": step, "loss": float(h["val_loss"][i]),
+                               "acc": float(h["val_acc"][i])})
+            self.train_curve.append({"step": step,
+                                     "loss": float(h["loss"][i])})
+
+    def result(self):
+        import keras
+        import numpy as np
+
+        args = self.args
+        keeps = [k if k is not None else args.layers
+                 for k in self.progress.keeps]
+        if self.raptr:
+            stack = self.model.backbone.random_part_stack
+            steps_run = int(keras.ops.convert_to_numpy(stack.step))
+            assert steps_run == args.steps, (steps_run, args.steps)
+        # Time beyond the median step spent in the first step of each stage
+        # (compilation; on JAX also a retrace after each keep-count change).
+        seconds = np.asarray(self.progress.step_seconds)
+        median = float(np.median(seconds))
+        firsts = [0] + stage_boundaries(keeps)
+        compile_seconds = float(sum(max(0.0, seconds[i] - median)
+                                    for i in firsts if i < len(seconds)))
+        train_seconds = self.progress.train_seconds
+        tokens = args.steps * args.batch * args.seq_len
+        return {
+            "method": self.method,
+            "steps": args.steps,
+            "train_seconds": train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "compile_seconds": compile_seconds,
+            "median_step_seconds": median,
+            "tokens_per_second": tokens / train_seconds,
+            "block_flops_fraction": float(np.mean(keeps)) / args.layers,
+            "keep_counts": keeps,
+            "final_loss": self.curve[-1]["loss"],
+            "final_acc": self.curve[-1]["acc"],
+            "held_out_curve": self.curve,
+            "train_curve": self.train_curve,
+        }
+
+
+def train_all(args, data, held, vocab_size):
+    """Trains every method on the same data, taking turns chunk by chunk
+    (one chunk per RaPTr stage) so that both see the same machine load."""
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps * len(args.methods), unit="step",
+                   desc="training", dynamic_ncols=True, file=sys.stdout)
+    runs = [Run(args, method, vocab_size, bar) for method in args.methods]
+    for run in runs:
+        run.evaluate(held)
+    num_chunks = len(args.schedule.split("-"))
+    for chunk in range(num_chunks):
+        for run in runs:
+            run.fit_chunk(chunk, num_chunks, data, held)
+    if bar is not None:
+        bar.close()
+    return [run.result() for run in runs]
 
 
 # -- report ------------------------------------------------------------------
@@ -470,6 +507,14 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.schedule is None:
         args.schedule = default_schedule(args.layers)
+    num_stages = len(args.schedule.split("-"))
+    if args.evals % num_stages or args.steps % args.evals:
+        raise SystemExit(
+            f"--evals ({args.evals}) must be a multiple of the number of "
+            f"stages ({num_stages}, schedule {args.schedule}) and --steps "
+            f"({args.steps}) a multiple of --evals: the runs take turns "
+            "stage by stage, with evaluations at equal intervals."
+        )
 
     import keras
 
@@ -485,8 +530,7 @@ def main(argv=None):
           f"{info['train_tokens']:,} train tokens, vocab {vocab_size} "
           f"({info['epochs_of_data']} epochs of data; {info['seconds']} s)",
           flush=True)
-    results = [train(args, method, data, held, vocab_size)
-               for method in args.methods]
+    results = train_all(args, data, held, vocab_size)
 
     os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, "loss_curves.png")
