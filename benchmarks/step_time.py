@@ -44,7 +44,7 @@ SIZES = {
                 vocab=8000, steps=8, reps=5, warmup=3),
     # GPU: BERT-Base shaped.
     "gpu": dict(layers=12, dim=768, heads=12, ff=3072, seq=128, batch=128,
-                vocab=30522, steps=20, reps=5, warmup=5),
+                vocab=30522, steps=10, reps=3, warmup=3),
 }
 
 

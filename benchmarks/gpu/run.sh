@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE, from the repo root, with .whl/ carried along
+# (benchmarks/gpu/fetch_wheels.sh fills it). Prints the whole GPU grid:
+# step time per backend (JAX, torch) at k = 6 and 12 of 12 BERT-Base blocks
+# against plain 6- and 12-block models, then JAX end to end (6-8-10-12).
+# Everything also goes to $OUT/gpu_grid.log when $OUT is set.
+#   SIZE=cpu bash benchmarks/gpu/run.sh   # the same script, CPU sizes
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SIZE="${SIZE:-gpu}"
+LOG="${OUT:-/tmp}/gpu_grid.log"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import keras" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$(pwd):${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+export TF_CPP_MIN_LOG_LEVEL=3 XLA_PYTHON_CLIENT_PREALLOCATE=false
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+    "$PY" - <<'PYEOF'
+import importlib
+for name in ("keras", "keras_hub", "jax", "torch"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as e:  # informational
+        print(name, "unavailable:", e)
+PYEOF
+    BACKENDS="${BACKENDS:-jax,torch}"
+    MP=""
+    if [ "$SIZE" = gpu ]; then MP="--mixed-precision mixed_bfloat16"; fi
+    "$PY" benchmarks/step_time.py --size "$SIZE" --backends "$BACKENDS" \
+        --keeps "${KEEPS:-6,12}" $MP --json "${OUT:-/tmp}/step_time.json"
+    "$PY" benchmarks/step_time.py --size "$SIZE" --backends jax \
+        --end-to-end --e2e-steps "${E2E_STEPS:-200}" $MP
+} 2>&1 | tee "$LOG"
