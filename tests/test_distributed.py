@@ -1,10 +1,11 @@
 """Multi-device data parallelism on CPU: JAX `keras.distribution.DataParallel`
-over 2 host devices and TF `MirroredStrategy` over 2 logical CPUs. Every
-replica must run the same subset, and the counts must equal the single-device
-reference."""
+over 2 host devices, TF `MirroredStrategy` over 2 logical CPUs, torch DDP over
+2 processes. Every replica must run the same subset, and the counts must equal
+the single-device reference."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -17,15 +18,10 @@ from tests.common import reference_counts
 BACKEND = keras.config.backend()
 
 
-@pytest.mark.skipif(
-    BACKEND == "torch",
-    reason="torch has no keras.distribution in Keras 3.15; DDP is not "
-    "covered by this test",
-)
-def test_data_parallel_two_devices_match_reference():
-    worker = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+def _run_worker(name, *args):
+    worker = os.path.join(os.path.dirname(__file__), name)
     out = subprocess.run(
-        [sys.executable, worker],
+        [sys.executable, worker, *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -33,7 +29,28 @@ def test_data_parallel_two_devices_match_reference():
     )
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stderr[-3000:]
-    result = json.loads(lines[0][len("RESULT "):])
+    return json.loads(lines[0][len("RESULT "):])
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch DDP")
+def test_torch_ddp_two_processes_agree():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _run_worker("ddp_worker.py", str(port))
+    assert result["exitcodes"] == [0, 0]
+    (_, counts0, checksum0, _), (_, counts1, checksum1, _) = result["ranks"]
+    expected = reference_counts(6, (0, 5), [4] * 10)
+    np.testing.assert_array_equal(counts0, expected)
+    np.testing.assert_array_equal(counts1, expected)
+    assert checksum0 == checksum1  # gradients all-reduced, weights in sync
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch has no keras.distribution in Keras 3.15"
+)
+def test_data_parallel_two_devices_match_reference():
+    result = _run_worker("distributed_worker.py")
     assert result["devices"] == 2
     np.testing.assert_array_equal(
         result["False"], reference_counts(6, (0, 5), [4] * 10)
