@@ -452,7 +452,8 @@ def plot(results, args, path):
         ax.set_ylabel("MLM loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    floor = min(p["loss"] for r in results for p in r["held_out_curve"])
+    floor = min(p["loss"] for r in results
+                for p in r["held_out_curve"] + r["train_curve"])
     last = max(r["held_out_curve"][len(r["held_out_curve"]) // 4]["loss"]
                for r in results)
     for ax in axes:
