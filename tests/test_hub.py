@@ -282,22 +282,8 @@ NON_BERT = {
 }
 
 
-DEBERTA_XFAIL = pytest.mark.xfail(
-    keras.config.backend() == "jax",
-    strict=True,
-    reason="core: on JAX, RandomPartStack runs free blocks with "
-    "`stateless_call(..., training=...)`, which calls `call` directly; "
-    "DeBERTa's DisentangledAttentionEncoder.call takes no `training`",
-)
-
-
 @pytest.mark.parametrize(
-    "name",
-    [
-        "GPT2Backbone",
-        "LlamaBackbone",
-        pytest.param("DebertaV3Backbone", marks=DEBERTA_XFAIL),
-    ],
+    "name", ["GPT2Backbone", "LlamaBackbone", "DebertaV3Backbone"]
 )
 def test_non_bert_backbones(name):
     backbone = getattr(keras_hub.models, name)(**NON_BERT[name])
