@@ -382,3 +382,28 @@ def test_set_keep_count_checks_the_range():
         with pytest.raises(ValueError, match="`keep_count`"):
             stack.set_keep_count(bad)
     assert int(ops.convert_to_numpy(stack.keep_count)) == 4
+
+
+class NeedsKwargBlock(keras.layers.Layer):
+    """A residual block with a required keyword input (like DeBERTa's
+    `rel_embeddings`)."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(input_shape[-1])
+        self.dense.build(input_shape)
+
+    def call(self, x, *, shift):
+        return x + self.dense(x) + shift
+
+
+def test_built_blocks_with_required_call_arguments():
+    x = np.ones((2, 4), "float32")
+    blocks = [NeedsKwargBlock(name=f"b{i}") for i in range(3)]
+    for block in blocks:
+        block.build((2, 4))
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=2)
+    out = stack(x, shift=1.0, training=True)
+    assert tuple(out.shape) == (2, 4)
+    unbuilt = [NeedsKwargBlock(name=f"u{i}") for i in range(2)]
+    with pytest.raises(ValueError, match=r"blocks\[0\].*Build the blocks"):
+        keras_raptr.RandomPartStack(unbuilt)(x, shift=1.0)

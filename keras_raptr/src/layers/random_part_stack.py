@@ -233,7 +233,19 @@ class RandomPartStack(keras.layers.Layer):
         shape = tuple(input_shape)
         for index, block in enumerate(self.blocks):
             spec = keras.KerasTensor(shape, dtype=self.compute_dtype)
-            out_shape = tuple(block(spec).shape)
+            try:
+                out_shape = tuple(block(spec).shape)
+            except Exception as error:
+                if block.built:
+                    # The block needs call arguments that only the real call
+                    # has (e.g. DeBERTa's `rel_embeddings`); it is built, so
+                    # its shape is checked when it is called.
+                    continue
+                raise ValueError(
+                    f"Could not build blocks[{index}] ({block.name}) from an "
+                    f"input of shape {shape} alone: {error}. Build the blocks "
+                    "first (e.g. call each once with its arguments)."
+                ) from error
             if out_shape != shape:
                 raise ValueError(
                     "Invalid value for `blocks`. Every block must return a "
