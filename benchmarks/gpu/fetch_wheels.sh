@@ -3,6 +3,7 @@
 # downloads the wheels the GPU machine lacks (it has JAX, torch, numpy, h5py,
 # rich, absl, ml-dtypes, regex, sentencepiece, tokenizers, but no Keras) for
 # its Python 3.12 into .whl/ (git-ignored; carried with `carry: [".whl"]`).
+# Checked on CPU: SIZE=cpu KEEPS=4,8 E2E_STEPS=8 BACKENDS=jax PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .whl

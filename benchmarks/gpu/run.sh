@@ -4,13 +4,22 @@
 # step time per backend (JAX, torch) at k = 6 and 12 of 12 BERT-Base blocks
 # against plain 6- and 12-block models, then JAX end to end (6-8-10-12).
 # Everything also goes to $OUT/gpu_grid.log when $OUT is set.
-#   SIZE=cpu bash benchmarks/gpu/run.sh   # the same script, CPU sizes
+# The end-to-end run is 1500 steps per method by default: RaPTr compiles once
+# per stage (4 compiles), which a short run cannot amortize. Budget: about
+# 5 min for the grid and 5 min for the end-to-end run on an H100 (estimate,
+# not yet measured); split with E2E_STEPS=0 / BACKENDS=... if needed.
+#   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SIZE="${SIZE:-gpu}"
 LOG="${OUT:-/tmp}/gpu_grid.log"
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import keras" 2>/dev/null; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "keras is not importable and .whl/ has no wheels:" \
+             "run benchmarks/gpu/fetch_wheels.sh first and carry .whl" >&2
+        exit 1
+    fi
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
@@ -33,6 +42,6 @@ PYEOF
     if [ "$SIZE" = gpu ]; then MP="--mixed-precision mixed_bfloat16"; fi
     "$PY" benchmarks/step_time.py --size "$SIZE" --backends "$BACKENDS" \
         --keeps "${KEEPS:-6,12}" $MP --json "${OUT:-/tmp}/step_time.json"
-    "$PY" benchmarks/step_time.py --size "$SIZE" --backends jax \
-        --end-to-end --e2e-steps "${E2E_STEPS:-200}" $MP
+    [ "${E2E_STEPS:-1500}" = 0 ] || "$PY" benchmarks/step_time.py --size "$SIZE" --backends jax \
+        --end-to-end --e2e-steps "${E2E_STEPS:-1500}" $MP
 } 2>&1 | tee "$LOG"
