@@ -407,3 +407,63 @@ def test_built_blocks_with_required_call_arguments():
     unbuilt = [NeedsKwargBlock(name=f"u{i}") for i in range(2)]
     with pytest.raises(ValueError, match=r"blocks\[0\].*Build the blocks"):
         keras_raptr.RandomPartStack(unbuilt)(x, shift=1.0)
+
+
+def _functional_block(i, units=4):
+    inputs = keras.Input((units,))
+    h = keras.layers.Dense(2 * units, activation="gelu")(inputs)
+    outputs = inputs + keras.layers.Dense(units)(h)
+    return keras.Model(inputs, outputs, name=f"fblock_{i}")
+
+
+def test_structure_check_for_the_straight_line_path():
+    from keras_raptr.src.layers.random_part_stack import _same_structure
+
+    x = np.ones((2, 4), "float32")
+
+    def built(blocks):
+        keras_raptr.RandomPartStack(blocks)(x)
+        return blocks
+
+    assert _same_structure(built([CountingBlock() for _ in range(3)]))
+    # Functional blocks from one function differ only by names.
+    assert _same_structure(built([_functional_block(i) for i in range(3)]))
+    assert not _same_structure(
+        built([CountingBlock(), CountingBlock(dropout=0.5)])
+    )
+    assert not _same_structure(
+        built([_functional_block(0), _functional_block(1, units=4)][:1]
+              + [NoTrainingArgBlock()])
+    )
+
+
+def test_functional_blocks_take_the_straight_line_path_in_fit():
+    blocks = [_functional_block(i) for i in range(6)]
+    inputs = keras.Input((4,))
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=2)
+    model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+    model.compile("sgd", "mse")
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler("2-4-6", verbose=0)
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                        callbacks=[scheduler])
+    assert stack._homogeneous
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.parametrize("make_block", [
+    lambda i: _functional_block(i),
+    lambda i: CountingBlock(name=f"c{i}"),
+])
+@pytest.mark.parametrize("scaling", ["none", "expectation"])
+def test_straight_line_path_equals_run_time_path(make_block, scaling):
+    blocks = [make_block(i) for i in range(6)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3, scaling=scaling)
+    x, _ = data(8)
+    stack(x)  # build
+    outputs = {}
+    for compiled in (None, 3):
+        stack._compiled_keep_count = compiled
+        stack.step.assign(5)
+        outputs[compiled] = ops.convert_to_numpy(stack(x, training=True))
+    np.testing.assert_allclose(outputs[None], outputs[3], atol=1e-5)

@@ -398,16 +398,37 @@ class RandomPartStack(keras.layers.Layer):
 
 
 
-def _without_names(config):
-    if isinstance(config, dict):
-        return {
-            key: _without_names(value)
-            for key, value in config.items()
-            if key != "name"
-        }
-    if isinstance(config, (list, tuple)):
-        return [_without_names(value) for value in config]
-    return config
+def _canonical(config):
+    """`config` with every name replaced by its order of first appearance.
+
+    Two blocks that differ only in their own and their sublayers' names
+    (e.g. functional models built by the same function, whose configs
+    refer to layers by name) get equal canonical configs.
+    """
+    names = {}
+
+    def collect(node):
+        if isinstance(node, dict):
+            name = node.get("name")
+            if isinstance(name, str) and name not in names:
+                names[name] = f"#{len(names)}"
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                collect(value)
+
+    def rename(node):
+        if isinstance(node, dict):
+            return {key: rename(value) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [rename(value) for value in node]
+        if isinstance(node, str):
+            return names.get(node, node)
+        return node
+
+    collect(config)
+    return rename(config)
 
 
 def _same_structure(blocks):
@@ -415,7 +436,7 @@ def _same_structure(blocks):
 
     def signature(block):
         try:
-            config = _without_names(block.get_config())
+            config = _canonical(block.get_config())
         except NotImplementedError:
             return None
         return (
