@@ -420,3 +420,12 @@ def test_demo_smoke(tmp_path):
         assert len(r["held_out_curve"]) == 3  # step 0 and 2 evaluations
     with open(out / "loss_curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wrapped_bert_blocks_take_the_straight_line_path():
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCAB, num_layers=3, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=SEQ,
+    )
+    raptr = keras_raptr.wrap_backbone(backbone, keep_count=2)
+    assert raptr.random_part_stack._is_homogeneous()

@@ -447,7 +447,7 @@ def test_functional_blocks_take_the_straight_line_path_in_fit():
     scheduler = keras_raptr.StageScheduler("2-4-6", verbose=0)
     history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
                         callbacks=[scheduler])
-    assert stack._homogeneous
+    assert stack._is_homogeneous()
     assert np.all(np.isfinite(history.history["loss"]))
 
 

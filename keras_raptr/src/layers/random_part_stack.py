@@ -194,7 +194,7 @@ class RandomPartStack(keras.layers.Layer):
         # function whenever it changes this): the keep count the training
         # step is traced for. `None`: the step reads `keep_count` at run time.
         self._compiled_keep_count = None
-        self._homogeneous = False
+        self._homogeneous = None  # decided at the first training call
         self._seed_int32 = sampler.seed_hash(self.seed)
         self._offsets = sampler.index_offsets(len(self._free))
         self.keep_count = self.add_weight(
@@ -253,7 +253,6 @@ class RandomPartStack(keras.layers.Layer):
                     f"Received: blocks[{index}] ({block.name}) maps input "
                     f"shape {shape} to {out_shape}"
                 )
-        self._homogeneous = _same_structure(self.blocks)
 
     def call(self, inputs, training=None, **kwargs):
         call_kwargs = dict(kwargs)
@@ -289,8 +288,8 @@ class RandomPartStack(keras.layers.Layer):
             return x
         if (
             compiled is not None
-            and self._homogeneous
             and self.sampling == "exact"
+            and self._is_homogeneous()
         ):
             return self._run_gathered(
                 inputs, hashes, compiled, call_kwargs, post
@@ -301,6 +300,13 @@ class RandomPartStack(keras.layers.Layer):
         return backend.run_blocks(
             inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )
+
+    def _is_homogeneous(self):
+        # Decided lazily: a stack may be marked built without `build` (e.g.
+        # by `wrap_backbone`, whose blocks are built already).
+        if self._homogeneous is None:
+            self._homogeneous = _same_structure(self.blocks)
+        return self._homogeneous
 
     def _run_gathered(self, x, hashes, keep_count, call_kwargs, post):
         """Runs exactly `keep_count` blocks as straight-line code.
