@@ -5,12 +5,10 @@ import math
 import numbers
 import re
 
+from keras_raptr.src.utils import is_int
+
 UNITS = ("steps", "epochs", "fraction")
 _SCHEDULE_STRING = re.compile(r"^\s*\d+(\s*-\s*\d+)*\s*$", re.ASCII)
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def parse_schedule(schedule, unit="steps", allow_decreasing=False):
@@ -49,7 +47,7 @@ def parse_schedule(schedule, unit="steps", allow_decreasing=False):
         lengths = [pair[1] for pair in pairs]
         _validate_lengths(lengths, unit)
     for keep_count in keep_counts:
-        if not _is_int(keep_count) or keep_count < 1:
+        if not is_int(keep_count) or keep_count < 1:
             raise ValueError(
                 "Invalid value for `schedule`. Every keep count must be an "
                 f"int >= 1. Received: schedule={schedule!r}"
@@ -79,7 +77,7 @@ def _validate_lengths(lengths, unit):
             )
             expected = "a float in (0, 1]"
         else:
-            ok = _is_int(length) and length >= 1
+            ok = is_int(length) and length >= 1
             expected = f"an int >= 1 ({unit})"
         if not ok:
             raise ValueError(

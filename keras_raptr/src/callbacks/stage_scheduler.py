@@ -1,5 +1,4 @@
 import logging
-import numbers
 
 import keras
 from keras import ops
@@ -11,6 +10,7 @@ from keras_raptr.src.callbacks.schedule import parse_schedule
 from keras_raptr.src.callbacks.schedule import stage_starts
 from keras_raptr.src.layers.random_part_stack import RandomPartStack
 from keras_raptr.src.layers.random_part_stack import validate_keep_count
+from keras_raptr.src.utils import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,7 @@ class StageScheduler(keras.callbacks.Callback):
             schedule, unit=unit, allow_decreasing=allow_decreasing
         )
         if total_steps is not None and (
-            isinstance(total_steps, bool)
-            or not isinstance(total_steps, numbers.Integral)
-            or total_steps < 1
+            not is_int(total_steps) or total_steps < 1
         ):
             raise ValueError(
                 "Invalid value for `total_steps`. Expected an int >= 1 or "

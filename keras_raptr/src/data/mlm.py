@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_raptr.src.utils import check_int
+
 
 def pack_sequences(token_docs, sequence_length, cls_id, sep_id):
     """Packs tokenized documents into full `[CLS] ... [SEP]` sequences.
@@ -13,15 +15,7 @@ def pack_sequences(token_docs, sequence_length, cls_id, sep_id):
     Returns:
         int32 array of shape `(num_sequences, sequence_length)`.
     """
-    if (
-        isinstance(sequence_length, bool)
-        or not isinstance(sequence_length, int)
-        or sequence_length < 8
-    ):
-        raise ValueError(
-            "Invalid value for `sequence_length`. Expected an int >= 8. "
-            f"Received: sequence_length={sequence_length!r}"
-        )
+    check_int("sequence_length", sequence_length, 8)
     body = sequence_length - 2
     stream = []
     for ids in token_docs:

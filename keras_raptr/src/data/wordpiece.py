@@ -13,20 +13,13 @@ import hashlib
 import os
 
 from keras_raptr.src.data.text import cache_dir
+from keras_raptr.src.utils import check_int
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def _check_vocab_size(vocab_size):
-    if (
-        isinstance(vocab_size, bool)
-        or not isinstance(vocab_size, int)
-        or vocab_size < 64
-    ):
-        raise ValueError(
-            "Invalid value for `vocab_size`. Expected an int >= 64. "
-            f"Received: vocab_size={vocab_size!r}"
-        )
+    check_int("vocab_size", vocab_size, 64)
 
 
 def train_wordpiece(texts, vocab_size=8192, cache=None, lowercase=True):

@@ -1,5 +1,3 @@
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
@@ -8,20 +6,17 @@ from keras_raptr.src import backend
 from keras_raptr.src.api_export import raptr_export
 from keras_raptr.src.backend.common import stateless_call_kwargs
 from keras_raptr.src.layers import sampling as sampler
+from keras_raptr.src.utils import is_int
 
 SAMPLING_MODES = ("exact", "bernoulli")
 SCALING_MODES = ("none", "expectation")
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def normalize_fixed(fixed, num_blocks):
     """Resolves `fixed` to a sorted tuple of non-negative block indices."""
     if fixed is None:
         return tuple(sorted({0, num_blocks - 1}))
-    if _is_int(fixed) or isinstance(fixed, str):
+    if is_int(fixed) or isinstance(fixed, str):
         raise ValueError(
             "Invalid value for `fixed`. Expected a list of block indices "
             "(ints in [-num_blocks, num_blocks)), e.g. `[0, -1]` or `[]`. "
@@ -29,7 +24,7 @@ def normalize_fixed(fixed, num_blocks):
         )
     resolved = []
     for index in fixed:
-        if not _is_int(index) or not -num_blocks <= index < num_blocks:
+        if not is_int(index) or not -num_blocks <= index < num_blocks:
             raise ValueError(
                 "Invalid value for `fixed`. Every entry must be an int in "
                 f"[{-num_blocks}, {num_blocks}) for a stack of {num_blocks} "
@@ -46,7 +41,7 @@ def normalize_fixed(fixed, num_blocks):
 
 
 def validate_keep_count(keep_count, num_blocks, num_fixed, name="keep_count"):
-    if not _is_int(keep_count):
+    if not is_int(keep_count):
         raise ValueError(
             f"Invalid value for `{name}`. Expected an int in "
             f"[{num_fixed}, {num_blocks}] (number of fixed blocks to number "
@@ -169,7 +164,7 @@ class RandomPartStack(keras.layers.Layer):
                 f"Invalid value for `scaling`. Expected one of "
                 f"{SCALING_MODES}. Received: scaling={scaling!r}"
             )
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(
                 "Invalid value for `seed`. Expected an int. "
                 f"Received: seed={seed!r}"
