@@ -453,17 +453,69 @@ def test_functional_blocks_take_the_straight_line_path_in_fit():
 
 @pytest.mark.parametrize("make_block", [
     lambda i: _functional_block(i),
-    lambda i: CountingBlock(name=f"c{i}"),
+    lambda i: CountingBlock(dropout=0.3, name=f"c{i}"),
 ])
 @pytest.mark.parametrize("scaling", ["none", "expectation"])
-def test_straight_line_path_equals_run_time_path(make_block, scaling):
-    blocks = [make_block(i) for i in range(6)]
-    stack = keras_raptr.RandomPartStack(blocks, keep_count=3, scaling=scaling)
+@pytest.mark.parametrize("fixed,keep_count", [
+    (None, 3),  # first and last: static slots, gathered middle
+    (None, 2),  # only the static slots
+    ([], 4),  # every slot gathered
+    ([2], 3),  # a fixed block inside the gathered middle
+    ([0, 3, -1], 5),
+])
+def test_straight_line_path_equals_run_time_path(
+    make_block, scaling, fixed, keep_count, monkeypatch
+):
+    # torch eager runs the straight-line path only under torch.compile;
+    # force it here so every backend checks it.
+    from keras_raptr.src import backend
+
+    monkeypatch.setattr(backend, "trace_for_keep_count", lambda: True)
     x, _ = data(8)
-    stack(x)  # build
-    outputs = {}
-    for compiled in (None, 3):
+    results = {}
+    for compiled in (None, keep_count):
+        keras.utils.set_random_seed(0)
+        blocks = [make_block(i) for i in range(6)]
+        stack = keras_raptr.RandomPartStack(
+            blocks, keep_count=keep_count, scaling=scaling, fixed=fixed
+        )
+        stack(x)  # build
         stack._compiled_keep_count = compiled
         stack.step.assign(5)
-        outputs[compiled] = ops.convert_to_numpy(stack(x, training=True))
-    np.testing.assert_allclose(outputs[None], outputs[3], atol=1e-5)
+        outputs = [
+            ops.convert_to_numpy(stack(x, training=True)) for _ in range(3)
+        ]
+        state = [ops.convert_to_numpy(v) for v in stack.non_trainable_weights]
+        results[compiled] = outputs, state
+    for got, want in zip(results[keep_count][0], results[None][0]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # Non-trainable state (seed generators, execution counts) is written
+    # back to the blocks that ran, and only to them.
+    for got, want in zip(results[keep_count][1], results[None][1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fixed_edge_blocks_may_differ_from_the_gathered_middle(monkeypatch):
+    # The first and last blocks run as themselves on the straight-line path,
+    # so only the middle blocks need one structure.
+    blocks = (
+        [CountingBlock(dropout=0.5, name="first")]
+        + [CountingBlock(name=f"c{i}") for i in range(4)]
+        + [NoTrainingArgBlock(name="last")]
+    )
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3)
+    x, _ = data(8)
+    stack(x)
+    assert stack._is_homogeneous()
+    stack._compiled_keep_count = 3
+    from keras_raptr.src import backend
+
+    monkeypatch.setattr(backend, "trace_for_keep_count", lambda: True)
+    def counts():
+        return np.array([int(ops.convert_to_numpy(b.count))
+                         for b in blocks[:-1]])
+
+    before = counts()
+    stack(x, training=True)
+    ran = counts() - before
+    assert ran[0] == 1 and ran[1:].sum() == 1

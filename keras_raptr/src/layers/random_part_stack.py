@@ -266,8 +266,6 @@ class RandomPartStack(keras.layers.Layer):
         )
         # Hash the step before advancing it: on TF and torch `value` can alias
         # the variable's storage, so a later read would see the new count.
-        # Hash the step before advancing it: on TF and torch `value` can alias
-        # the variable's storage, so a later read would see the new count.
         hashes = sampler.block_hashes(
             self._seed_int32, self.step.value, self._offsets
         )
@@ -298,37 +296,84 @@ class RandomPartStack(keras.layers.Layer):
 
     def _is_homogeneous(self):
         # Decided lazily: a stack may be marked built without `build` (e.g.
-        # by `wrap_backbone`, whose blocks are built already).
+        # by `wrap_backbone`, whose blocks are built already). Only the blocks
+        # whose slot is not static need to share one structure.
         if self._homogeneous is None:
-            self._homogeneous = _same_structure(self.blocks)
+            head, tail = self._static_edges()
+            middle = self.blocks[head : self.num_blocks - tail]
+            self._homogeneous = _same_structure(middle)
         return self._homogeneous
+
+    def _static_edges(self):
+        """Numbers of fixed blocks at the start and at the end of the stack.
+
+        Those blocks are always kept and always at the same slot, so the
+        straight-line path calls them as they are.
+        """
+        head = 0
+        while head in self.fixed:
+            head += 1
+        tail = 0
+        while tail < self.num_blocks - head and (
+            self.num_blocks - 1 - tail in self.fixed
+        ):
+            tail += 1
+        return head, tail
 
     def _run_gathered(self, x, hashes, keep_count, call_kwargs, post):
         """Runs exactly `keep_count` blocks as straight-line code.
 
-        For blocks of one structure (same class, config and weight shapes):
-        slot `j` runs the first block's computation on the weights of the
-        `j`-th kept block, gathered from the blocks' variables (which stay
-        where they are, e.g. shared with a KerasHub backbone). No conditional
-        is traced, so the compiled step holds exactly `keep_count` blocks of
-        work; skipped blocks' weights get a zero gradient (the gradient of
-        the gather). `keep_count` is static: one trace per stage.
+        Fixed blocks at the ends of the stack (the default first and last)
+        run as themselves. Each of the other `keep_count - head - tail` slots
+        runs the first middle block's computation on the weights of the
+        kept block it stands for, gathered from the blocks' own variables
+        (which stay where they are, e.g. shared with a KerasHub backbone).
+        No conditional is traced, so the compiled step holds exactly
+        `keep_count` blocks of work; skipped blocks' weights get a zero
+        gradient (the gradient of the gather). `keep_count` is static: one
+        trace per stage.
         """
-        num_free_kept = keep_count - len(self.fixed)
+        head, tail = self._static_edges()
+        for block in self.blocks[:head]:
+            x = block(x, **call_kwargs)
+        num_slots = keep_count - head - tail
+        if num_slots:
+            x = self._run_gathered_middle(
+                x, hashes, num_slots, head, tail, call_kwargs, post
+            )
+        for block in self.blocks[self.num_blocks - tail :]:
+            x = block(x, **call_kwargs)
+        return x
+
+    def _run_gathered_middle(
+        self, x, hashes, num_slots, head, tail, call_kwargs, post
+    ):
+        middle = self.blocks[head : self.num_blocks - tail]
+        middle_fixed = [
+            i - head for i in self.fixed if head <= i < len(self.blocks) - tail
+        ]
+        num_free_kept = num_slots - len(middle_fixed)
+        # Every free block is in the middle; positions relative to it.
+        free_ids = self._free_ids - head
         scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
-        chosen = ops.take(self._free_ids, ops.argsort(scores)[:num_free_kept])
-        kept = ops.sort(ops.concatenate([self._fixed_ids, chosen]))
-        is_fixed = ops.take(self._fixed_flags, kept)
+        kept = ops.take(free_ids, ops.argsort(scores)[:num_free_kept])
+        if middle_fixed:
+            kept = ops.concatenate([np.array(middle_fixed, "int32"), kept])
+            flags = np.zeros(len(middle), dtype=bool)
+            flags[middle_fixed] = True
+            is_fixed = ops.take(flags, ops.sort(kept))
+        kept = ops.sort(kept)
 
         def stacked(variables_of):
-            columns = zip(*[variables_of(block) for block in self.blocks])
+            columns = zip(*[variables_of(block) for block in middle])
             return [ops.stack([v.value for v in col]) for col in columns]
 
         trainable = stacked(lambda b: b.trainable_variables)
         state = stacked(lambda b: b.non_trainable_variables)
-        template = self.blocks[0]
+        template = middle[0]
         call_kwargs = stateless_call_kwargs(template, call_kwargs)
-        for slot in range(keep_count):
+        new_states = []
+        for slot in range(num_slots):
             index = kept[slot]
             y, new_state = template.stateless_call(
                 [ops.take(w, index, axis=0) for w in trainable],
@@ -336,16 +381,24 @@ class RandomPartStack(keras.layers.Layer):
                 x,
                 **call_kwargs,
             )
-            x = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
-            state = [
-                ops.slice_update(
-                    v, [index] + [0] * (len(v.shape) - 1), new[None]
-                )
-                for v, new in zip(state, new_state)
-            ]
-        for position, block in enumerate(self.blocks):
-            for variable, values in zip(block.non_trainable_variables, state):
-                variable.assign(values[position])
+            if middle_fixed:
+                y = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
+            else:
+                y = post(x, y)
+            x = y
+            new_states.append(new_state)
+        # A block runs at most once per step, so each slot reads its state
+        # from the blocks' variables and all new states go back at once (a
+        # chain of updates through the slots made XLA-on-CPU steps slower).
+        for column, values in enumerate(state):
+            updates = ops.stack([new[column] for new in new_states])
+            values = ops.scatter_update(
+                values,
+                ops.expand_dims(kept, 1),
+                ops.cast(updates, values.dtype),
+            )
+            for position, block in enumerate(middle):
+                block.non_trainable_variables[column].assign(values[position])
         return x
 
     def _make_post(self, keep_probability):
@@ -396,7 +449,6 @@ class RandomPartStack(keras.layers.Layer):
             for block in config["blocks"]
         ]
         return cls(**config)
-
 
 
 def _canonical(config):
