@@ -216,6 +216,10 @@ def main():
     parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--torch-compile", action="store_true",
                         help="also measure torch with jit_compile=True")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated subset of the modes to measure: "
+                        "jit (JAX), tf.function, XLA (TF), eager, compile "
+                        "(torch); default all")
     parser.add_argument("--processes", type=int, default=1,
                         help="run each configuration in this many processes, "
                         "interleaved, and report the fastest process's median "
@@ -257,6 +261,8 @@ def main():
         variants = _variants(backend)
         if backend == "torch" and args.torch_compile:
             variants.append(("compile", True))
+        if args.modes:
+            variants = [v for v in variants if v[0] in args.modes.split(",")]
         for variant, jit in variants:
             for kind, keep in (
                 [("plain", layers)]
@@ -267,6 +273,10 @@ def main():
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,
                                  mixed_precision=args.mixed_precision))
+    known_modes = ("jit", "tf.function", "XLA", "eager", "compile")
+    if args.modes and set(args.modes.split(",")) - set(known_modes):
+        parser.error(f"--modes takes a comma-separated subset of "
+                     f"{known_modes}, got {args.modes!r}")
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")
     runs = [[] for _ in jobs]
