@@ -226,6 +226,9 @@ def main():
                         "(TF on a 2-core CPU settles per process into one of "
                         "two speeds, about 275 or 325 ms for the same model)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--table-from", default=None, metavar="JSON",
+                        help="print the table of an earlier run's --json "
+                        "records and exit")
     parser.add_argument("--end-to-end", action="store_true",
                         help="train the full model and RaPTr (--schedule) for "
                         "--e2e-steps steps each; report wall time per stage")
@@ -240,8 +243,16 @@ def main():
         run = _e2e_worker if config.get("mode") == "e2e" else _worker
         print("RESULT " + json.dumps(run(config)), flush=True)
         return
+    known_modes = ("jit", "tf.function", "XLA", "eager", "compile")
+    if args.modes and set(args.modes.split(",")) - set(known_modes):
+        parser.error(f"--modes takes a comma-separated subset of "
+                     f"{known_modes}, got {args.modes!r}")
     if args.end_to_end:
         return end_to_end(args)
+    if args.table_from:
+        with open(args.table_from) as f:
+            records = json.load(f)
+        return print_table(records, dict(SIZES[args.size]))
 
     size = dict(SIZES[args.size])
     layers = size["layers"]
@@ -273,10 +284,6 @@ def main():
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,
                                  mixed_precision=args.mixed_precision))
-    known_modes = ("jit", "tf.function", "XLA", "eager", "compile")
-    if args.modes and set(args.modes.split(",")) - set(known_modes):
-        parser.error(f"--modes takes a comma-separated subset of "
-                     f"{known_modes}, got {args.modes!r}")
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")
     runs = [[] for _ in jobs]
@@ -309,13 +316,18 @@ def _e2e_worker(config):
     model, data, labels = build_model(s, kind, s["layers"])
     keeps, lengths = parse_schedule(config["schedule"])
     starts = stage_starts(keeps, lengths, "steps", s["steps"])
-    marks = []
+    marks, first_steps = [], []
 
     class StageClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if batch in starts:  # block until the previous steps finished
                 ops.convert_to_numpy(self.model.optimizer.iterations)
                 marks.append((batch, time.perf_counter()))
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in starts:  # the stage's first step holds its compile
+                ops.convert_to_numpy(self.model.optimizer.iterations)
+                first_steps.append(time.perf_counter())
 
         def on_train_end(self, logs=None):
             ops.convert_to_numpy(self.model.optimizer.iterations)
@@ -330,11 +342,15 @@ def _e2e_worker(config):
                         verbose=0, shuffle=False, callbacks=callbacks)
     total = time.perf_counter() - start
     stages = []
-    for (begin, t0), (end, t1), keep in zip(marks, marks[1:], keeps):
+    tokens = s["batch"] * s["seq"]
+    for (begin, t0), (end, t1), first, keep in zip(
+            marks, marks[1:], first_steps, keeps):
         stages.append(dict(keep=keep if kind == "raptr" else s["layers"],
                            steps=end - begin, seconds=t1 - t0,
-                           tokens_per_s=(end - begin) * s["batch"] * s["seq"]
-                           / (t1 - t0)))
+                           first_step_s=first - t0,
+                           tokens_per_s=(end - begin) * tokens / (t1 - t0),
+                           steady_tokens_per_s=(end - begin - 1) * tokens
+                           / (t1 - first)))
     return dict(total_s=total, stages=stages,
                 loss=float(history.history["loss"][-1]),
                 device=_device_name(keras.config.backend()))
@@ -349,29 +365,45 @@ def end_to_end(args):
     steps = args.e2e_steps or 8 * size["steps"]
     print(f"End to end: L={layers}, schedule {schedule} over {steps} steps, "
           f"batch {size['batch']} x seq {size['seq']}\n")
-    print("| backend | method | stage (k of L) | steps | wall s | tokens/s |")
-    print("|---|---|---|---|---|---|")
+    print("| backend | method | stage (k of L) | steps | wall s | first step "
+          "s (incl. compile) | tokens/s | tokens/s after the first step |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = []
     for backend in args.backends.split(","):
-        variant, jit = _variants(backend)[-1]
-        totals = {}
+        # Keras' default: XLA for JAX, tf.function for TF on CPU, eager torch.
+        variants = _variants(backend)
+        if args.modes:
+            variants = [v for v in variants if v[0] in args.modes.split(",")]
+        if not variants:
+            continue
+        variant, jit = variants[0]
+        totals, steady = {}, {}
         for method in ("baseline", "raptr"):
             r = _run_config(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, mode="e2e", method=method,
                                  schedule=schedule, e2e_steps=steps,
                                  mixed_precision=args.mixed_precision))
             totals[method] = r["total_s"]
+            steady[method] = sum(
+                st["seconds"] - st["first_step_s"] for st in r["stages"])
             for stage in r["stages"]:
                 print(f"| {backend} ({variant}) | {method} | {stage['keep']} "
                       f"of {layers} | {stage['steps']} | "
-                      f"{stage['seconds']:.1f} | {stage['tokens_per_s']:.0f} |")
-            print(f"| {backend} ({variant}) | {method} | total (incl. "
-                  f"compiles) | {steps} | {r['total_s']:.1f} | "
-                  f"{steps * size['batch'] * size['seq'] / r['total_s']:.0f} |")
-        summary.append((backend, totals["raptr"] / totals["baseline"]))
+                      f"{stage['seconds']:.1f} | {stage['first_step_s']:.1f} | "
+                      f"{stage['tokens_per_s']:.0f} | "
+                      f"{stage['steady_tokens_per_s']:.0f} |")
+            first = sum(st["first_step_s"] for st in r["stages"])
+            print(f"| {backend} ({variant}) | {method} | total | {steps} | "
+                  f"{r['total_s']:.1f} | {first:.1f} | "
+                  f"{steps * size['batch'] * size['seq'] / r['total_s']:.0f} "
+                  f"| - |")
+        summary.append((backend, totals["raptr"] / totals["baseline"],
+                        steady["raptr"] / steady["baseline"]))
     print()
-    for backend, ratio in summary:
-        print(f"{backend}: RaPTr wall time / baseline wall time = {ratio:.3f}")
+    for backend, ratio, steady_ratio in summary:
+        print(f"{backend}: RaPTr wall time / baseline wall time = {ratio:.3f} "
+              f"(all steps); {steady_ratio:.3f} (without each stage's first "
+              "step, which holds its compile)")
 
 
 def print_table(records, size):
@@ -383,9 +415,9 @@ def print_table(records, size):
         f"{len(records[0]['ms_processes'])} process(es).\n"
     )
     print("| backend | mode | model | k of L | ms/step | vs limit (plain k) "
-          "| vs full (plain L) | CPU ms/step | ms/step per process | peak MB "
-          "| retraces | compile+warm-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| vs full (plain L) | CPU ms/step | CPU vs limit | ms/step per "
+          "process | peak MB | retraces | compile+warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         same = [q for q in records
                 if q["backend"] == r["backend"] and q["variant"] == r["variant"]
@@ -393,11 +425,15 @@ def print_table(records, size):
         full = next(q for q in same if q["keep"] == size["layers"])
         limit = next((q for q in same if q["keep"] == r["keep"]), None)
         vs_limit = f"{r['ms'] / limit['ms']:.3f}" if limit else "-"
+        cpu_vs_limit = (
+            f"{r['cpu_ms'] / limit['cpu_ms']:.3f}" if limit else "-"
+        )
         retraces = "eager" if r["variant"] == "eager" else str(r["retraces"])
         print(
             f"| {r['backend']} | {r['variant']} | {r['kind']} | "
             f"{r['keep']} of {size['layers']} | {r['ms']:.1f} | {vs_limit} | "
             f"{r['ms'] / full['ms']:.3f} | {r['cpu_ms']:.0f} | "
+            f"{cpu_vs_limit} | "
             f"{' / '.join(f'{ms:.0f}' for ms in r['ms_processes'])} | "
             f"{r['peak_mb']:.0f} | {retraces} | "
             f"{r['compile_s']:.1f} |"

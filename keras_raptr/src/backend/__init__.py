@@ -26,20 +26,14 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
-    from keras_raptr.src.backend.jax import (  # noqa: F401
-        retrace_train_function,
-        run_blocks,
-        trace_for_keep_count,
-    )
+    from keras_raptr.src.backend.jax import retrace_train_function  # noqa: F401
+    from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.jax import trace_for_keep_count  # noqa: F401
 elif _BACKEND == "torch":
-    from keras_raptr.src.backend.torch import (  # noqa: F401
-        retrace_train_function,
-        run_blocks,
-        trace_for_keep_count,
-    )
+    from keras_raptr.src.backend.torch import retrace_train_function  # noqa: F401
+    from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.torch import trace_for_keep_count  # noqa: F401
 else:
-    from keras_raptr.src.backend.tensorflow import (  # noqa: F401
-        retrace_train_function,
-        run_blocks,
-        trace_for_keep_count,
-    )
+    from keras_raptr.src.backend.tensorflow import retrace_train_function  # noqa: F401
+    from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401
+    from keras_raptr.src.backend.tensorflow import trace_for_keep_count  # noqa: F401

@@ -2,9 +2,7 @@
 (`common.run_blocks_with_cond`), and a retrace that defeats `jax.jit`'s cache.
 """
 
-from keras_raptr.src.backend.common import (  # noqa: F401
-    run_blocks_with_cond as run_blocks,
-)
+from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
 
 def retrace_train_function(model):

@@ -8,9 +8,7 @@ working: an assignment inside a `tf.cond` in replica context would need a
 `merge_call`, which TF does not allow inside control flow.
 """
 
-from keras_raptr.src.backend.common import (  # noqa: F401
-    run_blocks_with_cond as run_blocks,
-)
+from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
 
 def retrace_train_function(model):

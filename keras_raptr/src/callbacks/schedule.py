@@ -110,10 +110,11 @@ def stage_starts(keep_counts, lengths, unit, total):
                 "`fit` with a known number of steps per epoch."
             )
         if total < num_stages:
+            noun = "epochs" if unit == "epochs" else "steps"
             raise ValueError(
                 f"Invalid value for `total_steps`. {num_stages} stages need "
-                f"at least {num_stages} {'epochs' if unit == 'epochs' else 'steps'}"
-                f" of training. Received: total={total}"
+                f"at least {num_stages} {noun} of training. "
+                f"Received: total={total}"
             )
     if lengths is None:
         return [i * total // num_stages for i in range(num_stages)]

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def find_stacks(model, layer_name=None):
-    """Every `RandomPartStack` inside `model` (or the one named `layer_name`)."""
+    """Every `RandomPartStack` in `model` (or the one named `layer_name`)."""
     stacks = [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)

@@ -65,7 +65,8 @@ def block_hashes(seed_int32, step, offsets):
 
 
 def numpy_block_hashes(seed, step, count):
-    base = _numpy_fmix32(np.uint32(step & 0xFFFFFFFF) ^ np.uint32(seed_hash(seed) & 0xFFFFFFFF))
+    seed32 = np.uint32(seed_hash(seed) & 0xFFFFFFFF)
+    base = _numpy_fmix32(np.uint32(step & 0xFFFFFFFF) ^ seed32)
     with np.errstate(over="ignore"):
         return _numpy_fmix32(base + index_offsets(count).view(np.uint32))
 
