@@ -294,10 +294,11 @@ def main():
     for group in runs:
         best = min(group, key=lambda r: r["ms"])
         records.append(dict(best, ms_processes=[r["ms"] for r in group]))
+    print_table(records, size)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
-    print_table(records, size)
 
 
 def _e2e_worker(config):

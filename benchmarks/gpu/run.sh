@@ -12,6 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SIZE="${SIZE:-gpu}"
+mkdir -p "${OUT:-/tmp}"
 LOG="${OUT:-/tmp}/gpu_grid.log"
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import keras" 2>/dev/null; then
