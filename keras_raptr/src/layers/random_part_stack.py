@@ -180,10 +180,20 @@ class RandomPartStack(keras.layers.Layer):
             self._free.index(i) if i in self._free else None
             for i in range(num_blocks)
         ]
-        self._fixed_ids = np.array(fixed, dtype="int32")
-        self._free_ids = np.array(self._free, dtype="int32")
-        self._fixed_flags = np.array(
-            [i in fixed for i in range(num_blocks)], dtype=bool
+        # For the straight-line path: fixed blocks at the start (`head`) and
+        # end (`tail`) always hold the same slot and run as themselves; the
+        # blocks between them (the middle) run on gathered weights.
+        head = 0
+        while head in fixed:
+            head += 1
+        tail = 0
+        while tail < num_blocks - head and num_blocks - 1 - tail in fixed:
+            tail += 1
+        self._head, self._tail = head, tail
+        self._middle_free = np.array(self._free, dtype="int32") - head
+        self._middle_fixed = np.array(
+            [i - head for i in fixed if head <= i < num_blocks - tail],
+            dtype="int32",
         )
         # Set by StageScheduler while it drives `fit` (it rebuilds the train
         # function whenever it changes this): the keep count the training
@@ -294,31 +304,16 @@ class RandomPartStack(keras.layers.Layer):
             inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )
 
+    def _middle_blocks(self):
+        return self.blocks[self._head : self.num_blocks - self._tail]
+
     def _is_homogeneous(self):
         # Decided lazily: a stack may be marked built without `build` (e.g.
-        # by `wrap_backbone`, whose blocks are built already). Only the blocks
-        # whose slot is not static need to share one structure.
+        # by `wrap_backbone`, whose blocks are built already). Only the
+        # middle blocks (those without a static slot) need one structure.
         if self._homogeneous is None:
-            head, tail = self._static_edges()
-            middle = self.blocks[head : self.num_blocks - tail]
-            self._homogeneous = _same_structure(middle)
+            self._homogeneous = _same_structure(self._middle_blocks())
         return self._homogeneous
-
-    def _static_edges(self):
-        """Numbers of fixed blocks at the start and at the end of the stack.
-
-        Those blocks are always kept and always at the same slot, so the
-        straight-line path calls them as they are.
-        """
-        head = 0
-        while head in self.fixed:
-            head += 1
-        tail = 0
-        while tail < self.num_blocks - head and (
-            self.num_blocks - 1 - tail in self.fixed
-        ):
-            tail += 1
-        return head, tail
 
     def _run_gathered(self, x, hashes, keep_count, call_kwargs, post):
         """Runs exactly `keep_count` blocks as straight-line code.
@@ -333,36 +328,31 @@ class RandomPartStack(keras.layers.Layer):
         gradient (the gradient of the gather). `keep_count` is static: one
         trace per stage.
         """
-        head, tail = self._static_edges()
-        for block in self.blocks[:head]:
+        for block in self.blocks[: self._head]:
             x = block(x, **call_kwargs)
-        num_slots = keep_count - head - tail
+        num_slots = keep_count - self._head - self._tail
         if num_slots:
             x = self._run_gathered_middle(
-                x, hashes, num_slots, head, tail, call_kwargs, post
+                x, hashes, num_slots, call_kwargs, post
             )
-        for block in self.blocks[self.num_blocks - tail :]:
+        for block in self.blocks[self.num_blocks - self._tail :]:
             x = block(x, **call_kwargs)
         return x
 
-    def _run_gathered_middle(
-        self, x, hashes, num_slots, head, tail, call_kwargs, post
-    ):
-        middle = self.blocks[head : self.num_blocks - tail]
-        middle_fixed = [
-            i - head for i in self.fixed if head <= i < len(self.blocks) - tail
-        ]
-        num_free_kept = num_slots - len(middle_fixed)
-        # Every free block is in the middle; positions relative to it.
-        free_ids = self._free_ids - head
+    def _run_gathered_middle(self, x, hashes, num_slots, call_kwargs, post):
+        middle = self._middle_blocks()
+        has_fixed = len(self._middle_fixed) > 0
+        num_free_kept = num_slots - len(self._middle_fixed)
+        # Positions relative to the middle (every free block is in it).
         scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
-        kept = ops.take(free_ids, ops.argsort(scores)[:num_free_kept])
-        if middle_fixed:
-            kept = ops.concatenate([np.array(middle_fixed, "int32"), kept])
-            flags = np.zeros(len(middle), dtype=bool)
-            flags[middle_fixed] = True
-            is_fixed = ops.take(flags, ops.sort(kept))
+        kept = ops.take(self._middle_free, ops.argsort(scores)[:num_free_kept])
+        if has_fixed:
+            kept = ops.concatenate([self._middle_fixed, kept])
         kept = ops.sort(kept)
+        if has_fixed:
+            flags = np.zeros(len(middle), dtype=bool)
+            flags[self._middle_fixed] = True
+            is_fixed = ops.take(flags, kept)
 
         def stacked(variables_of):
             columns = zip(*[variables_of(block) for block in middle])
@@ -381,11 +371,10 @@ class RandomPartStack(keras.layers.Layer):
                 x,
                 **call_kwargs,
             )
-            if middle_fixed:
-                y = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
+            if has_fixed:
+                x = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
             else:
-                y = post(x, y)
-            x = y
+                x = post(x, y)
             new_states.append(new_state)
         # A block runs at most once per step, so each slot reads its state
         # from the blocks' variables and all new states go back at once (a
