@@ -1,5 +1,6 @@
 import csv
 import os
+import threading
 
 import keras
 import numpy as np
@@ -203,6 +204,8 @@ def test_every_stack_is_driven_by_default():
             {"unit": "fraction", "total_steps": 10},
             "`schedule`.*two stages start",
         ),
+        ("2-6", {"compile_ahead": 1}, "`compile_ahead`.*bool"),
+        ("2-6", {"compile_ahead": "yes"}, "`compile_ahead`.*bool"),
     ],
 )
 def test_bad_schedule_arguments(schedule, kwargs, match):
@@ -547,3 +550,76 @@ def test_resume_from_weights_checkpoint_with_initial_epoch(
     assert recorder.first_keep_count == keep[8]
     _check_resumed(recorder, reference, 8, 16, blocks, keep)
     assert keep_of(stack) == 6
+
+
+class ThreadRecordingBlock(CountingBlock):
+    """A `CountingBlock` that logs the thread of every Python-level call."""
+
+    log = []
+
+    def call(self, x, training=None, offset=None):
+        self.log.append(threading.current_thread().name)
+        return super().call(x, training=training, offset=offset)
+
+
+@pytest.mark.parametrize("compile_ahead", [True, False])
+def test_compile_ahead_traces_the_next_stage_off_the_training_thread(
+    compile_ahead,
+):
+    """On JAX the next stage's step is traced and compiled on a background
+    thread during the current stage, so no stage after the first traces on
+    the training thread; on every backend the run is unchanged by it."""
+    log = ThreadRecordingBlock.log
+    log.clear()
+    results = {}
+    for ahead in (compile_ahead, not compile_ahead):
+        keras.utils.set_random_seed(0)
+        blocks = [
+            ThreadRecordingBlock(dropout=0.1, name=f"block_{i}")
+            for i in range(6)
+        ]
+        inputs = keras.Input((4,))
+        stack = keras_raptr.RandomPartStack(blocks, name="stack")
+        model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+        model.compile("adamw", "mse")
+        x, y = data(96)
+        traced_in_step = []
+
+        class MainThreadTraces(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                self.start = len(log)
+
+            def on_train_batch_end(self, batch, logs=None):
+                traced_in_step.append(
+                    log[self.start :].count(threading.main_thread().name)
+                )
+
+        log.clear()
+        history = _fit(
+            model,
+            x,
+            y,
+            [
+                keras_raptr.StageScheduler(
+                    "3-4-5-6", verbose=0, compile_ahead=ahead
+                ),
+                MainThreadTraces(),
+            ],
+            epochs=2,
+            validation_data=(x[:16], y[:16]),
+        )
+        results[ahead] = (
+            history.history["loss"],
+            [ops.convert_to_numpy(w) for w in model.weights],
+        )
+        ahead_traces = log.count("keras_raptr-compile-ahead")
+        if ahead and keras.config.backend() == "jax":
+            # Stages 2-4 were traced ahead; only stage 1 on the main thread.
+            assert ahead_traces > 0
+            assert traced_in_step[0] > 0
+            assert sum(traced_in_step[1:]) == 0, traced_in_step
+        else:
+            assert ahead_traces == 0
+    np.testing.assert_allclose(results[True][0], results[False][0])
+    for got, want in zip(results[True][1], results[False][1]):
+        np.testing.assert_array_equal(got, want)

@@ -15,8 +15,11 @@ Every implementation has the signature
 A skipped block is identity, is not computed forward or backward, and its
 trainable weights receive a zero gradient on every backend.
 
-`retrace_train_function(model)` rebuilds the model's training function so the
-next step is traced again (used when a stage changes the traced keep count).
+`retrace_train_function(model, bind)` rebuilds the model's training function
+so the next step is traced again (used when a stage changes the traced keep
+count); `bind()` gives a context entered while the step is traced. On JAX it
+returns the jitted step (`jax.TracedStep`), which `StageScheduler` compiles
+ahead of its stage on a background thread; elsewhere `None`.
 `trace_for_keep_count()` says whether a step traced for a known keep count
 should run the straight-line path for it (see RandomPartStack._run_gathered).
 """

@@ -1,38 +1,130 @@
 """JAX: one `lax.cond` per non-fixed block at a run-time keep count
-(`common.run_blocks_with_cond`), and a retrace that defeats `jax.jit`'s cache.
+(`common.run_blocks_with_cond`), a retrace that defeats `jax.jit`'s cache,
+and compiling the next stage's step ahead, on a background thread.
 """
+
+import contextlib
+import threading
+
+import jax
 
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
+# Python tracing of training steps is serialized: Keras layers keep some
+# Python state (e.g. collected losses) that two concurrent traces of the same
+# model would share. Only tracing holds it; XLA compilation runs unlocked.
+_TRACE_LOCK = threading.Lock()
 
-def retrace_train_function(model):
+
+class TracedStep:
+    """The jitted training step of one stage.
+
+    Records the abstract arguments (shapes, dtypes, shardings) of its first
+    call, so that another stage's step can be compiled for the same
+    arguments before it is needed (`compile_ahead`).
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.example_args = None
+
+    def __call__(self, *args, **kwargs):
+        if self.example_args is None:
+            self.example_args = jax.tree.map(_abstract, (args, kwargs))
+        return self.jitted(*args, **kwargs)
+
+    def compile_in_background(self, example_args):
+        """Traces and compiles this step for `example_args` on a thread.
+
+        The executable lands in the jitted step's cache, so the first real
+        call with arguments like `example_args` starts without compiling.
+        Returns the thread; an exception is kept as `thread.error` (the step
+        then compiles on its first call, as it would have anyway).
+        """
+        args, kwargs = example_args
+
+        def compile_step():
+            try:
+                self.jitted.lower(*args, **kwargs).compile()
+            except Exception as error:  # the caller reports it
+                thread.error = error
+
+        thread = threading.Thread(
+            target=compile_step, name="keras_raptr-compile-ahead", daemon=True
+        )
+        thread.error = None
+        thread.start()
+        return thread
+
+
+def _abstract(value):
+    if not isinstance(value, jax.Array):
+        return value
+    # An uncommitted array (plain single-device training) must be described
+    # without a sharding, or the compiled step would not match the call.
+    sharding = value.sharding if value.committed else None
+    return jax.ShapeDtypeStruct(
+        value.shape, value.dtype, sharding=sharding, weak_type=value.weak_type
+    )
+
+
+@contextlib.contextmanager
+def _recording_jit(steps):
+    """Makes Keras' JAX trainer wrap the step it jits in a `TracedStep`."""
+    from keras.src.backend.jax import trainer
+
+    original = getattr(trainer, "jit", None)
+    if original is None:  # another Keras layout: no compile-ahead
+        yield
+        return
+
+    def jit(*args, **kwargs):
+        step = TracedStep(original(*args, **kwargs))
+        steps.append(step)
+        return step
+
+    trainer.jit = jit
+    try:
+        yield
+    finally:
+        trainer.jit = original
+
+
+def retrace_train_function(model, bind=None):
     """Rebuilds `model.train_function` so that the next step is traced anew.
 
     `make_train_function(force=True)` alone does not retrace on JAX: it jits
     the same `model.train_step` again and `jax.jit`'s cache (keyed on the
     function) returns the old trace. Jitting a new function object does.
+
+    `bind()`, if given, returns a context entered whenever the new step is
+    traced (it binds the step to its stage's keep count).
+
+    Returns the new jitted step as a `TracedStep`, or `None` when the step
+    is not jitted (`run_eagerly`, `jit_compile=False`).
     """
     own = model.__dict__.get("train_step")
     base = own if own is not None else getattr(type(model), "train_step")
 
-    if own is not None:
-
-        def train_step(*args, **kwargs):
-            return own(*args, **kwargs)
-
-    else:
-
-        def train_step(*args, **kwargs):
+    def train_step(*args, **kwargs):
+        # Runs only while `jax.jit` traces the step.
+        context = bind() if bind is not None else contextlib.nullcontext()
+        with _TRACE_LOCK, context:
+            if own is not None:
+                return own(*args, **kwargs)
             return base(model, *args, **kwargs)
 
     model.train_step = train_step
+    steps = []
     try:
-        model.make_train_function(force=True)
+        with _recording_jit(steps):
+            model.make_train_function(force=True)
     finally:
         if own is None:
             del model.train_step
         else:
             model.train_step = own
+    return steps[-1] if steps else None
 
 
 def trace_for_keep_count():

@@ -11,8 +11,14 @@ working: an assignment inside a `tf.cond` in replica context would need a
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
 
-def retrace_train_function(model):
-    """Rebuilds `model.train_function`; the next step is traced anew."""
+def retrace_train_function(model, bind=None):
+    """Rebuilds `model.train_function`; the next step is traced anew.
+
+    Traced on the training thread, where the stacks' `_compiled_keep_count`
+    says which stage it is for, so `bind` is not needed. Returns `None`: no
+    step is compiled ahead on this backend.
+    """
+    del bind
     model.make_train_function(force=True)
 
 

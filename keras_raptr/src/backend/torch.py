@@ -52,8 +52,14 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
     return x
 
 
-def retrace_train_function(model):
-    """Rebuilds `model.train_function`; the next step is traced anew."""
+def retrace_train_function(model, bind=None):
+    """Rebuilds `model.train_function`; the next step is traced anew.
+
+    Traced on the training thread, where the stacks' `_compiled_keep_count`
+    says which stage it is for, so `bind` is not needed. Returns `None`: no
+    step is compiled ahead on this backend.
+    """
+    del bind
     model.make_train_function(force=True)
 
 

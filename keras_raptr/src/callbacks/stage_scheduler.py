@@ -1,4 +1,5 @@
 import logging
+import warnings
 
 import keras
 from keras import ops
@@ -9,6 +10,7 @@ from keras_raptr.src.callbacks.schedule import ResolvedSchedule
 from keras_raptr.src.callbacks.schedule import parse_schedule
 from keras_raptr.src.callbacks.schedule import stage_starts
 from keras_raptr.src.layers.random_part_stack import RandomPartStack
+from keras_raptr.src.layers.random_part_stack import tracing_keep_count
 from keras_raptr.src.layers.random_part_stack import validate_keep_count
 from keras_raptr.src.utils import is_int
 
@@ -78,6 +80,10 @@ class StageScheduler(keras.callbacks.Callback):
             before. Defaults to `False`.
         allow_partial_final: bool. Allow a last stage that does not run all
             blocks. Defaults to `False`: RaPTr ends on the full model.
+        compile_ahead: bool. On JAX, compile the next stage's training step
+            on a background thread while the current stage trains, so that
+            a stage starts without waiting for its compile. Defaults to
+            `True`. Other backends trace each stage when it starts.
         verbose: int. `1` logs (at INFO level, and prints) each stage change.
             Defaults to `1`.
 
@@ -100,6 +106,7 @@ class StageScheduler(keras.callbacks.Callback):
         layer_name=None,
         allow_decreasing=False,
         allow_partial_final=False,
+        compile_ahead=True,
         verbose=1,
     ):
         super().__init__()
@@ -119,12 +126,18 @@ class StageScheduler(keras.callbacks.Callback):
                 "stages are counted in epochs; leave `total_steps` None. "
                 f"Received: total_steps={total_steps!r}"
             )
+        if not isinstance(compile_ahead, bool):
+            raise ValueError(
+                "Invalid value for `compile_ahead`. Expected a bool. "
+                f"Received: compile_ahead={compile_ahead!r}"
+            )
         self.schedule = schedule
         self.total_steps = None if total_steps is None else int(total_steps)
         self.unit = unit
         self.layer_name = layer_name
         self.allow_decreasing = allow_decreasing
         self.allow_partial_final = allow_partial_final
+        self.compile_ahead = compile_ahead
         self.verbose = verbose
         if total_steps is not None:
             # Check what can be checked before `fit`.
@@ -136,6 +149,10 @@ class StageScheduler(keras.callbacks.Callback):
         self._stage_end = -1
         self._epoch_start_step = 0
         self._step = 0
+        # The traced step of the current stage (JAX), and the next stage's
+        # step while it waits for the current one's arguments to compile.
+        self._current_step = None
+        self._next_step = None
 
     # -- set-up ---------------------------------------------------------
 
@@ -192,14 +209,15 @@ class StageScheduler(keras.callbacks.Callback):
         if self.unit == "epochs":
             self._enter(self._resolved.stage_at(epoch), epoch)
 
-    def _use_train_function_for(self, model, keep_count):
-        """Points `model.train_function` at a step traced for `keep_count`.
+    def _train_function_for(self, model, keep_count):
+        """The training function traced for `keep_count` (and its traced
+        step on JAX, else `None`), built once per model.
 
-        Traced steps are kept on the model, so calling `fit` again (e.g. once
-        per epoch) reuses them instead of compiling again.
+        Built functions are kept on the model, so calling `fit` again (e.g.
+        once per epoch) reuses them instead of compiling again. Building
+        does not trace; the step is traced at its first call, or ahead of
+        it (`compile_ahead`), bound to `keep_count` either way.
         """
-        if model.train_function is None:
-            return  # fit has not built its step yet; it will trace anew
         key = (
             keep_count,
             id(model.optimizer),
@@ -208,11 +226,80 @@ class StageScheduler(keras.callbacks.Callback):
         )
         cache = model.__dict__.setdefault("_raptr_train_functions", {})
         if key not in cache:
-            backend.retrace_train_function(model)
-            cache[key] = model.train_function
-        model.train_function = cache[key]
+            current = model.train_function
+            stacks = list(self._stacks)
+            step = backend.retrace_train_function(
+                model, bind=lambda: tracing_keep_count(stacks, keep_count)
+            )
+            cache[key] = (model.train_function, step)
+            model.train_function = current
+        return cache[key]
+
+    def _use_train_function_for(self, model, keep_count):
+        """Points `model.train_function` at a step traced for `keep_count`."""
+        self._current_step = None
+        if model.train_function is None:
+            return  # fit has not built its step yet; it will trace anew
+        function, step = self._train_function_for(model, keep_count)
+        self._wait_for_compile(step, keep_count)
+        model.train_function = function
+        self._current_step = step
+
+    def _prepare_next_stage(self, model, stage):
+        """Builds the next stage's step, to be compiled ahead (JAX)."""
+        self._next_step = None
+        if (
+            not self.compile_ahead
+            or self._current_step is None
+            or stage + 1 >= len(self._resolved)
+        ):
+            return
+        keep_count = self._resolved.keep_counts[stage + 1]
+        # Variables hold the current state here (the stage change synced
+        # them), which building a step under `keras.distribution` needs.
+        _, step = self._train_function_for(model, keep_count)
+        if step is not None and not _compiled_or_compiling(step):
+            self._next_step = (step, keep_count)
+
+    def _start_compile_ahead(self):
+        example_args = self._current_step.example_args
+        if example_args is None:
+            return  # the stage's first step has not run: its compile first
+        step, _ = self._next_step
+        self._next_step = None
+        step.ahead = step.compile_in_background(example_args)
+
+    def _wait_for_compile(self, step, keep_count):
+        thread = getattr(step, "ahead", None)
+        if thread is None:
+            return
+        thread.join()
+        step.ahead = None
+        if thread.error is not None:
+            warnings.warn(
+                "StageScheduler: compiling the training step for "
+                f"keep_count={keep_count} ahead of its stage failed "
+                f"({thread.error!r}); it compiles when the stage starts.",
+                stacklevel=2,
+            )
+
+    def _wait_for_every_compile(self):
+        # Keras traces evaluation and other steps on the training thread;
+        # they wait so that no two traces of the model run at once.
+        cache = self._model.__dict__.get("_raptr_train_functions", {})
+        for key, (_, step) in cache.items():
+            if step is not None:
+                self._wait_for_compile(step, key[0])
+
+    def on_test_begin(self, logs=None):
+        self._wait_for_every_compile()
+
+    def on_predict_begin(self, logs=None):
+        self._wait_for_every_compile()
 
     def on_train_end(self, logs=None):
+        self._wait_for_every_compile()
+        self._next_step = None
         # Outside this callback's `fit`, nothing retraces the step when
         # `keep_count` changes: go back to reading it at run time.
         for stack in self._stacks or ():
@@ -227,6 +314,8 @@ class StageScheduler(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._step = self._epoch_start_step + batch
+        if self._next_step is not None:
+            self._start_compile_ahead()
         if self.unit == "epochs":
             return
         if self._stage_begin <= self._step < self._stage_end:
@@ -245,6 +334,7 @@ class StageScheduler(keras.callbacks.Callback):
             # blocks of straight-line work on JAX/TF): one compile per stage.
             stack._compiled_keep_count = keep_count
         self._use_train_function_for(model, keep_count)
+        self._prepare_next_stage(model, stage)
         if self.verbose:
             where = "epoch" if self.unit == "epochs" else "step"
             message = (
@@ -275,3 +365,7 @@ class StageScheduler(keras.callbacks.Callback):
         if self._stage is None:
             return None
         return self._resolved.keep_counts[self._stage]
+
+
+def _compiled_or_compiling(step):
+    return step.example_args is not None or getattr(step, "ahead", None)

@@ -1,3 +1,6 @@
+import contextlib
+import threading
+
 import keras
 import numpy as np
 from keras import ops
@@ -10,6 +13,28 @@ from keras_raptr.src.utils import is_int
 
 SAMPLING_MODES = ("exact", "bernoulli")
 SCALING_MODES = ("none", "expectation")
+
+_TRACING = threading.local()
+
+
+@contextlib.contextmanager
+def tracing_keep_count(stacks, keep_count):
+    """Within this context, on this thread, the given stacks trace their
+    training step for `keep_count` (overriding `_compiled_keep_count`).
+
+    `StageScheduler` binds each traced step to its stage this way, so that a
+    step traced on a background thread (JAX compiles the next stage ahead)
+    neither sees nor changes what the training thread traces.
+    """
+    previous = getattr(_TRACING, "keep_counts", None) or {}
+    _TRACING.keep_counts = {
+        **previous,
+        **{id(stack): keep_count for stack in stacks},
+    }
+    try:
+        yield
+    finally:
+        _TRACING.keep_counts = previous
 
 
 def normalize_fixed(fixed, num_blocks):
@@ -281,7 +306,7 @@ class RandomPartStack(keras.layers.Layer):
         )
         self.step.assign_add(1)
         post = self._make_post(keep_probability)
-        compiled = self._compiled_keep_count
+        compiled = self._traced_keep_count()
         if not backend.trace_for_keep_count():
             compiled = None
         if compiled is not None and compiled == self.num_blocks:
@@ -303,6 +328,12 @@ class RandomPartStack(keras.layers.Layer):
         return backend.run_blocks(
             inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )
+
+    def _traced_keep_count(self):
+        bound = getattr(_TRACING, "keep_counts", None)
+        if bound and id(self) in bound:
+            return bound[id(self)]
+        return self._compiled_keep_count
 
     def _middle_blocks(self):
         return self.blocks[self._head : self.num_blocks - self._tail]
