@@ -236,6 +236,11 @@ def main():
                         help="end-to-end schedule (default: L/2 .. L in 4 "
                         "equal stages, e.g. 6-8-10-12 for L=12)")
     parser.add_argument("--e2e-steps", type=int, default=None)
+    parser.add_argument("--compile-ahead", choices=["on", "off", "both"],
+                        default="on",
+                        help="end-to-end: StageScheduler(compile_ahead=...) "
+                        "for the RaPTr run; 'both' runs RaPTr twice (it "
+                        "matters on JAX only)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -313,7 +318,7 @@ def _e2e_worker(config):
     if config.get("mixed_precision"):
         keras.mixed_precision.set_global_policy(config["mixed_precision"])
     s = dict(config, steps=config["e2e_steps"])
-    kind = "raptr" if config["method"] == "raptr" else "plain"
+    kind = "raptr" if config["method"].startswith("raptr") else "plain"
     model, data, labels = build_model(s, kind, s["layers"])
     keeps, lengths = parse_schedule(config["schedule"])
     starts = stage_starts(keeps, lengths, "steps", s["steps"])
@@ -337,7 +342,8 @@ def _e2e_worker(config):
     callbacks = [StageClock()]
     if kind == "raptr":
         callbacks.insert(0, keras_raptr.StageScheduler(
-            config["schedule"], total_steps=s["steps"], verbose=0))
+            config["schedule"], total_steps=s["steps"], verbose=0,
+            compile_ahead=config.get("compile_ahead", True)))
     start = time.perf_counter()
     history = model.fit(data, labels, batch_size=s["batch"], epochs=1,
                         verbose=0, shuffle=False, callbacks=callbacks)
@@ -379,10 +385,16 @@ def end_to_end(args):
             continue
         variant, jit = variants[0]
         totals, steady = {}, {}
-        for method in ("baseline", "raptr"):
+        methods = {"baseline": True}
+        if args.compile_ahead in ("on", "both"):
+            methods["raptr"] = True
+        if args.compile_ahead in ("off", "both"):
+            methods["raptr, no compile ahead"] = False
+        for method, ahead in methods.items():
             r = _run_config(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, mode="e2e", method=method,
                                  schedule=schedule, e2e_steps=steps,
+                                 compile_ahead=ahead,
                                  mixed_precision=args.mixed_precision))
             totals[method] = r["total_s"]
             steady[method] = sum(
@@ -398,13 +410,16 @@ def end_to_end(args):
                   f"{r['total_s']:.1f} | {first:.1f} | "
                   f"{steps * size['batch'] * size['seq'] / r['total_s']:.0f} "
                   f"| - |")
-        summary.append((backend, totals["raptr"] / totals["baseline"],
-                        steady["raptr"] / steady["baseline"]))
+        for method in methods:
+            if method != "baseline":
+                summary.append((backend, method,
+                                totals[method] / totals["baseline"],
+                                steady[method] / steady["baseline"]))
     print()
-    for backend, ratio, steady_ratio in summary:
-        print(f"{backend}: RaPTr wall time / baseline wall time = {ratio:.3f} "
-              f"(all steps); {steady_ratio:.3f} (without each stage's first "
-              "step, which holds its compile)")
+    for backend, method, ratio, steady_ratio in summary:
+        print(f"{backend}: {method} wall time / baseline wall time = "
+              f"{ratio:.3f} (all steps); {steady_ratio:.3f} (without each "
+              "stage's first step, which holds its compile)")
 
 
 def print_table(records, size):

@@ -8,6 +8,7 @@
 # per stage (4 compiles), which a short run cannot amortize. Budget: about
 # 5 min for the grid and 5 min for the end-to-end run on an H100 (estimate,
 # not yet measured); split with E2E_STEPS=0 / BACKENDS=... if needed.
+# COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,5 +45,6 @@ PYEOF
     "$PY" benchmarks/step_time.py --size "$SIZE" --backends "$BACKENDS" \
         --keeps "${KEEPS:-6,12}" $MP --json "${OUT:-/tmp}/step_time.json"
     [ "${E2E_STEPS:-1500}" = 0 ] || "$PY" benchmarks/step_time.py --size "$SIZE" --backends jax \
-        --end-to-end --e2e-steps "${E2E_STEPS:-1500}" $MP
+        --end-to-end --e2e-steps "${E2E_STEPS:-1500}" \
+        --compile-ahead "${COMPILE_AHEAD:-on}" $MP
 } 2>&1 | tee "$LOG"
