@@ -23,7 +23,7 @@ the number of traces of the training step after warm-up (0 = no retrace),
 and the compile + first-steps time. The table gives ratios to the limit and to
 the full model.
 
-    .venv/bin/python benchmarks/step_time.py                     # all backends, CPU sizes
+    .venv/bin/python benchmarks/step_time.py   # all backends, CPU sizes
     .venv/bin/python benchmarks/step_time.py --backends jax --size gpu
 
 Prints a Markdown table; `--json PATH` also writes the raw records.

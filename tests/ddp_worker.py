@@ -69,8 +69,8 @@ def main():
         p.join(timeout=300)
     results = sorted(queue.get() for _ in range(2)) if all(
         p.exitcode == 0 for p in processes) else []
-    print("RESULT " + json.dumps({"ranks": results,
-                                  "exitcodes": [p.exitcode for p in processes]}),
+    exitcodes = [p.exitcode for p in processes]
+    print("RESULT " + json.dumps({"ranks": results, "exitcodes": exitcodes}),
           flush=True)
 
 

@@ -9,6 +9,8 @@ fresh process (device counts must be set before the backend starts).
 import json
 import os
 import sys
+import threading
+import warnings
 
 BACKEND = os.environ["KERAS_BACKEND"]
 if BACKEND == "jax":
@@ -20,6 +22,8 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_raptr  # noqa: E402
+
+TRACE_THREADS = []  # the thread of every trace of a block
 
 
 class ReplicaCountingBlock(keras.layers.Layer):
@@ -34,6 +38,7 @@ class ReplicaCountingBlock(keras.layers.Layer):
         )
 
     def call(self, x):
+        TRACE_THREADS.append(threading.current_thread().name)
         self.count.assign_add(1)
         return x + self.dense(x)
 
@@ -41,7 +46,8 @@ class ReplicaCountingBlock(keras.layers.Layer):
 def build_and_fit(scheduled):
     blocks = [ReplicaCountingBlock(name=f"b{i}") for i in range(6)]
     inputs = keras.Input((4,))
-    stack = keras_raptr.RandomPartStack(blocks, keep_count=2 if scheduled else 4)
+    keep_count = 2 if scheduled else 4
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=keep_count)
     model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
     model.compile("sgd", "mse")
     rng = np.random.default_rng(0)
@@ -51,8 +57,14 @@ def build_and_fit(scheduled):
     if scheduled:
         callbacks = [keras_raptr.StageScheduler([(2, 4), (4, 3), (6, None)],
                                                 verbose=0)]
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
-    return [int(ops.convert_to_numpy(b.count)) for b in blocks]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=callbacks)
+    scheduler_warnings = [str(w.message) for w in caught
+                          if "StageScheduler" in str(w.message)]
+    counts = [int(ops.convert_to_numpy(b.count)) for b in blocks]
+    return counts, scheduler_warnings
 
 
 def main():
@@ -66,7 +78,14 @@ def main():
         )
         results["devices"] = len(devices)
         for scheduled in (False, True):
-            results[str(scheduled)] = build_and_fit(scheduled)
+            results[str(scheduled)], results["warnings"] = build_and_fit(
+                scheduled
+            )
+        # Stages 2 and 3 of the scheduled run were compiled ahead, on the
+        # sharded arguments of the distributed step.
+        results["traced_ahead"] = TRACE_THREADS.count(
+            "keras_raptr-compile-ahead"
+        )
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -78,7 +97,9 @@ def main():
         results["devices"] = strategy.num_replicas_in_sync
         for scheduled in (False, True):
             with strategy.scope():
-                results[str(scheduled)] = build_and_fit(scheduled)
+                results[str(scheduled)], results["warnings"] = build_and_fit(
+                    scheduled
+                )
     print("RESULT " + json.dumps(results), flush=True)
 
 

@@ -165,7 +165,9 @@ def test_pack_and_mask(documents):
     assert packed.shape == (total // 14, 16)
     assert (packed[:, 0] == 2).all() and (packed[:, -1] == 3).all()
     stream = np.concatenate([np.array(d + [3]) for d in token_docs])
-    np.testing.assert_array_equal(packed[:, 1:-1].ravel(), stream[: 14 * len(packed)])
+    np.testing.assert_array_equal(
+        packed[:, 1:-1].ravel(), stream[: 14 * len(packed)]
+    )
 
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 100, (200, 32)).astype("int32")

@@ -27,7 +27,9 @@ def _run_worker(name, *args):
         timeout=600,
         env={**os.environ, "KERAS_BACKEND": BACKEND},
     )
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [
+        line for line in out.stdout.splitlines() if line.startswith("RESULT ")
+    ]
     assert lines, out.stderr[-3000:]
     return json.loads(lines[0][len("RESULT "):])
 
@@ -58,3 +60,6 @@ def test_data_parallel_two_devices_match_reference():
     np.testing.assert_array_equal(
         result["True"], reference_counts(6, (0, 5), [2] * 4 + [4] * 3 + [6] * 3)
     )
+    assert result["warnings"] == []
+    if BACKEND == "jax":
+        assert result["traced_ahead"] > 0

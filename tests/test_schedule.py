@@ -158,7 +158,9 @@ def test_bool_is_not_an_int():
         parse_schedule([(2, True), (6, None)])
 
 
-@pytest.mark.parametrize("text", ["6\x1f-8", "0\x1f", "\u0663-\u0664", "6-8\u2003"])
+@pytest.mark.parametrize(
+    "text", ["6\x1f-8", "0\x1f", "\u0663-\u0664", "6-8\u2003"]
+)
 def test_non_ascii_digits_and_spaces_rejected_clearly(text):
     # Found by hypothesis: '\x1f' is whitespace to `re` but not to `int`,
     # which raised "invalid literal for int()" instead of naming `schedule`.

@@ -11,7 +11,6 @@ import keras_raptr
 from tests.common import CountingBlock
 from tests.common import counts
 from tests.common import data
-from tests.common import make_model
 from tests.common import reference_counts
 from tests.resume_helpers import InterruptAt
 from tests.resume_helpers import Interrupted
