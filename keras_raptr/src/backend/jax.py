@@ -7,6 +7,7 @@ import contextlib
 import threading
 
 import jax
+import numpy as np
 
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
@@ -58,6 +59,9 @@ class TracedStep:
 
 
 def _abstract(value):
+    if isinstance(value, (np.ndarray, np.generic)):
+        # A host batch: keep its shape and dtype, not the batch itself.
+        return jax.ShapeDtypeStruct(value.shape, value.dtype)
     if not isinstance(value, jax.Array):
         return value
     # An uncommitted array (plain single-device training) must be described
