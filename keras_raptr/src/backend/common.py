@@ -1,55 +1,6 @@
 """Helpers shared by the backend implementations and the layer."""
 
-import contextlib
-import threading
-
 from keras import ops
-
-# Python tracing of training steps bound to a stage is serialized: Keras
-# layers keep some Python state (e.g. collected losses) that two concurrent
-# traces of the same model would share. Only tracing holds it; compiling and
-# running steps do not.
-TRACE_LOCK = threading.Lock()
-
-
-def run_in_background(target, name="keras_raptr-compile-ahead"):
-    """Runs `target()` on a daemon thread and returns the thread; an
-    exception is kept as `thread.error` for the caller to report."""
-
-    def run():
-        try:
-            target()
-        except Exception as error:  # the caller reports it
-            thread.error = error
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.error = None
-    thread.start()
-    return thread
-
-
-@contextlib.contextmanager
-def train_step_bound_to(model, bind):
-    """Within this context `model.train_step` is a new function object that,
-    whenever it runs (while a compiled step is traced), holds `TRACE_LOCK`
-    and enters `bind()`. A training function built inside keeps it."""
-    own = model.__dict__.get("train_step")
-    base = own if own is not None else getattr(type(model), "train_step")
-
-    def train_step(*args, **kwargs):
-        with TRACE_LOCK, bind():
-            if own is not None:
-                return own(*args, **kwargs)
-            return base(model, *args, **kwargs)
-
-    model.train_step = train_step
-    try:
-        yield
-    finally:
-        if own is None:
-            del model.train_step
-        else:
-            model.train_step = own
 
 
 def stateless_call_kwargs(block, call_kwargs):

@@ -4,13 +4,17 @@ and compiling the next stage's step ahead, on a background thread.
 """
 
 import contextlib
+import threading
 
 import jax
 import numpy as np
 
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
-from keras_raptr.src.backend.common import run_in_background
-from keras_raptr.src.backend.common import train_step_bound_to
+
+# Python tracing of training steps is serialized: Keras layers keep some
+# Python state (e.g. collected losses) that two concurrent traces of the same
+# model would share. Only tracing holds it; XLA compilation runs unlocked.
+_TRACE_LOCK = threading.Lock()
 
 
 class TracedStep:
@@ -39,9 +43,19 @@ class TracedStep:
         then compiles on its first call, as it would have anyway).
         """
         args, kwargs = example_args
-        return run_in_background(
-            lambda: self.jitted.lower(*args, **kwargs).compile()
+
+        def compile_step():
+            try:
+                self.jitted.lower(*args, **kwargs).compile()
+            except Exception as error:  # the caller reports it
+                thread.error = error
+
+        thread = threading.Thread(
+            target=compile_step, name="keras_raptr-compile-ahead", daemon=True
         )
+        thread.error = None
+        thread.start()
+        return thread
 
 
 def _abstract(value):
@@ -93,10 +107,27 @@ def retrace_train_function(model, bind=None):
     Returns the new jitted step as a `TracedStep`, or `None` when the step
     is not jitted (`run_eagerly`, `jit_compile=False`).
     """
+    own = model.__dict__.get("train_step")
+    base = own if own is not None else getattr(type(model), "train_step")
+
+    def train_step(*args, **kwargs):
+        # Runs only while `jax.jit` traces the step.
+        context = bind() if bind is not None else contextlib.nullcontext()
+        with _TRACE_LOCK, context:
+            if own is not None:
+                return own(*args, **kwargs)
+            return base(model, *args, **kwargs)
+
+    model.train_step = train_step
     steps = []
-    with train_step_bound_to(model, bind or contextlib.nullcontext):
+    try:
         with _recording_jit(steps):
             model.make_train_function(force=True)
+    finally:
+        if own is None:
+            del model.train_step
+        else:
+            model.train_step = own
     return steps[-1] if steps else None
 
 

@@ -80,12 +80,10 @@ class StageScheduler(keras.callbacks.Callback):
             before. Defaults to `False`.
         allow_partial_final: bool. Allow a last stage that does not run all
             blocks. Defaults to `False`: RaPTr ends on the full model.
-        compile_ahead: bool. Prepare the next stage's training step on a
-            background thread while the current stage trains: on JAX trace
-            and compile it, so the stage starts without a compile pause; on
-            TensorFlow (default strategy) trace it, which leaves only
-            TensorFlow's graph optimization at the stage's first step.
-            Defaults to `True`. torch eager has nothing to prepare.
+        compile_ahead: bool. On JAX, compile the next stage's training step
+            on a background thread while the current stage trains, so that
+            a stage starts without waiting for its compile. Defaults to
+            `True`. Other backends trace each stage when it starts.
         verbose: int. `1` logs (at INFO level, and prints) each stage change.
             Defaults to `1`.
 
