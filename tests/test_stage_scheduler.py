@@ -1,6 +1,7 @@
 import csv
 import os
 import threading
+import warnings
 
 import keras
 import numpy as np
@@ -622,3 +623,54 @@ def test_compile_ahead_traces_the_next_stage_off_the_training_thread(
     np.testing.assert_allclose(results[True][0], results[False][0])
     for got, want in zip(results[True][1], results[False][1]):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="compiles ahead on JAX only"
+)
+def test_failed_compile_ahead_warns_and_the_stage_compiles_itself(
+    monkeypatch,
+):
+    from keras_raptr.src.backend import jax as jax_backend
+
+    original = jax_backend.TracedStep.compile_in_background
+
+    def compile_for_bad_arguments(self, example_args):
+        # An argument JAX cannot lower: the background compile raises.
+        return original(self, ((object(),), {}))
+
+    runs = {}
+    for broken in (True, False):
+        if broken:
+            monkeypatch.setattr(
+                jax_backend.TracedStep, "compile_in_background",
+                compile_for_bad_arguments,
+            )
+        else:
+            monkeypatch.undo()
+        keras.utils.set_random_seed(0)
+        model, stack, blocks = fresh_model()
+        x, y = data(48)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = _fit(
+                model, x, y,
+                [keras_raptr.StageScheduler("2-4-6", verbose=0)], epochs=1,
+            )
+        failures = [
+            str(w.message) for w in caught
+            if "ahead of its stage failed" in str(w.message)
+        ]
+        runs[broken] = history.history["loss"], counts(blocks)
+        if broken:
+            # Stages 2 and 3 were to be compiled ahead; both failed, loudly.
+            assert len(failures) == 2, failures
+            assert "keep_count=4" in failures[0]
+            assert "keep_count=6" in failures[1]
+        else:
+            assert failures == []
+    # Each stage then compiled when it started: the same run.
+    np.testing.assert_allclose(runs[True][0], runs[False][0])
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
+    _assert_counts(blocks, [2] * 2 + [4] * 2 + [6] * 2)
+

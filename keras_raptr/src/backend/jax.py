@@ -28,34 +28,52 @@ class TracedStep:
     def __init__(self, jitted):
         self.jitted = jitted
         self.example_args = None
+        self._compiling = None  # the background compile's thread, if any
 
     def __call__(self, *args, **kwargs):
         if self.example_args is None:
             self.example_args = jax.tree.map(_abstract, (args, kwargs))
         return self.jitted(*args, **kwargs)
 
+    @property
+    def compiled_or_compiling(self):
+        """Whether this step has run (so it is compiled) or is compiling."""
+        return self.example_args is not None or self._compiling is not None
+
     def compile_in_background(self, example_args):
-        """Traces and compiles this step for `example_args` on a thread.
+        """Starts tracing and compiling this step for `example_args` on a
+        thread.
 
         The executable lands in the jitted step's cache, so the first real
         call with arguments like `example_args` starts without compiling.
-        Returns the thread; an exception is kept as `thread.error` (the step
-        then compiles on its first call, as it would have anyway).
+        `wait_for_compile` joins the thread.
         """
         args, kwargs = example_args
 
         def compile_step():
             try:
                 self.jitted.lower(*args, **kwargs).compile()
-            except Exception as error:  # the caller reports it
+            except Exception as error:  # `wait_for_compile` returns it
                 thread.error = error
 
         thread = threading.Thread(
             target=compile_step, name="keras_raptr-compile-ahead", daemon=True
         )
         thread.error = None
+        self._compiling = thread
         thread.start()
-        return thread
+
+    def wait_for_compile(self):
+        """Waits for a background compile, if one was started.
+
+        Returns the exception it raised, or `None`. After a failure the step
+        compiles on its first call, as it would have anyway.
+        """
+        thread, self._compiling = self._compiling, None
+        if thread is None:
+            return None
+        thread.join()
+        return thread.error
 
 
 def _abstract(value):

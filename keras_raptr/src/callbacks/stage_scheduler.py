@@ -258,7 +258,7 @@ class StageScheduler(keras.callbacks.Callback):
         # Variables hold the current state here (the stage change synced
         # them), which building a step under `keras.distribution` needs.
         _, step = self._train_function_for(model, keep_count)
-        if step is not None and not _compiled_or_compiling(step):
+        if step is not None and not step.compiled_or_compiling:
             self._next_step = (step, keep_count)
 
     def _start_compile_ahead(self):
@@ -267,19 +267,15 @@ class StageScheduler(keras.callbacks.Callback):
             return  # the stage's first step has not run: its compile first
         step, _ = self._next_step
         self._next_step = None
-        step.ahead = step.compile_in_background(example_args)
+        step.compile_in_background(example_args)
 
     def _wait_for_compile(self, step, keep_count):
-        thread = getattr(step, "ahead", None)
-        if thread is None:
-            return
-        thread.join()
-        step.ahead = None
-        if thread.error is not None:
+        error = None if step is None else step.wait_for_compile()
+        if error is not None:
             warnings.warn(
                 "StageScheduler: compiling the training step for "
                 f"keep_count={keep_count} ahead of its stage failed "
-                f"({thread.error!r}); it compiles when the stage starts.",
+                f"({error!r}); it compiles when the stage starts.",
                 stacklevel=2,
             )
 
@@ -366,6 +362,3 @@ class StageScheduler(keras.callbacks.Callback):
             return None
         return self._resolved.keep_counts[self._stage]
 
-
-def _compiled_or_compiling(step):
-    return step.example_args is not None or getattr(step, "ahead", None)
