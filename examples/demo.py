@@ -226,13 +226,14 @@ def make_progress(bar, label):
     class Progress(keras.callbacks.Callback):
         """Advances the shared progress bar. Records each step's keep count
         and wall time, and the training time of each epoch (epoch start to
-        the start of its validation)."""
+        the start of its validation), summed so far at each epoch's end."""
 
         def __init__(self, scheduler):
             super().__init__()
             self.scheduler = scheduler
             self.keeps, self.step_seconds = [], []
             self.train_seconds = 0.0
+            self.train_seconds_at_epoch_end = []
             self.in_epoch = False
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -242,6 +243,7 @@ def make_progress(bar, label):
         def on_test_begin(self, logs=None):
             if self.in_epoch:
                 self.train_seconds += time.perf_counter() - self.epoch_start
+                self.train_seconds_at_epoch_end.append(self.train_seconds)
                 self.in_epoch = False
 
         def on_epoch_end(self, epoch, logs=None):
@@ -296,7 +298,7 @@ class Run:
         )
         self.eval_seconds += time.perf_counter() - start
         self.curve.append({"step": 0, "loss": float(loss),
-                           "acc": float(acc)})
+                           "acc": float(acc), "train_seconds": 0.0})
 
     def fit_chunk(self, chunk, num_chunks, data, held):
         args = self.args
@@ -326,10 +328,12 @@ class Run:
             self.progress.train_seconds - train_before
         )
         h = history.history
+        seconds = self.progress.train_seconds_at_epoch_end
         for i in range(evals_per_chunk):
             step = (first_epoch + i + 1) * interval
             self.curve.append({"step": step, "loss": float(h["val_loss"][i]),
-                               "acc": float(h["val_acc"][i])})
+                               "acc": float(h["val_acc"][i]),
+                               "train_seconds": seconds[first_epoch + i]})
             self.train_curve.append({"step": step,
                                      "loss": float(h["loss"][i])})
 
@@ -398,6 +402,28 @@ def stage_boundaries(keeps):
     return [i for i in range(1, len(keeps)) if keeps[i] != keeps[i - 1]]
 
 
+def equal_time_comparison(results):
+    """RaPTr's final held-out loss against the baseline's at the same
+    training time (linear between the baseline's evaluations; its final
+    loss if RaPTr took longer), or `None` when either run is missing."""
+    import numpy as np
+
+    by_method = {r["method"]: r for r in results}
+    if set(by_method) != {"raptr", "baseline"}:
+        return None
+    raptr, baseline = by_method["raptr"], by_method["baseline"]
+    curve = baseline["held_out_curve"]
+    seconds = raptr["train_seconds"]
+    return {
+        "raptr_train_seconds": seconds,
+        "raptr_loss": raptr["final_loss"],
+        "baseline_loss_at_that_time": float(np.interp(
+            seconds, [p["train_seconds"] for p in curve],
+            [p["loss"] for p in curve],
+        )),
+    }
+
+
 def table(results):
     header = (f"{'method':<10}{'steps':>7}{'wall s':>9}{'compile s':>11}"
               f"{'tokens/s':>10}{'block FLOPs':>13}{'held-out loss':>15}"
@@ -420,7 +446,7 @@ def plot(results, args, path):
     import matplotlib.pyplot as plt
 
     colors = {"raptr": "tab:red", "baseline": "tab:blue"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for r in results:
         steps = [p["step"] for p in r["held_out_curve"]]
         losses = [p["loss"] for p in r["held_out_curve"]]
@@ -438,6 +464,9 @@ def plot(results, args, path):
         spent = [sum(keeps[:s]) / (args.layers * args.steps) for s in steps]
         axes[1].plot(spent, losses, "o-", color=colors[r["method"]],
                      label=label)
+        # ... and against training wall-clock time (the measure that counts).
+        axes[2].plot([p["train_seconds"] for p in r["held_out_curve"]],
+                     losses, "o-", color=colors[r["method"]], label=label)
         if r["method"] == "raptr":
             for i, b in enumerate(stage_boundaries(keeps)):
                 for ax, x in ((axes[0], b),
@@ -448,6 +477,7 @@ def plot(results, args, path):
                                if i == 0 else None)
     axes[0].set_xlabel("training step (same tokens per step for both)")
     axes[1].set_xlabel("block FLOPs spent (fraction of the baseline run)")
+    axes[2].set_xlabel("training wall-clock seconds (evaluation excluded)")
     for ax in axes:
         ax.set_ylabel("MLM loss")
         ax.grid(alpha=0.3)
@@ -550,17 +580,25 @@ def main(argv=None):
           "evaluation (not in wall s) took "
           + ", ".join(f"{r['method']} {r['eval_seconds']:.1f} s"
                       for r in results)
-          + f". Median step: "
+          + ". Median step: "
           + ", ".join(f"{r['method']} {1000 * r['median_step_seconds']:.0f}"
                       " ms" for r in results)
           + f". Whole demo: {total:.0f} s.")
+    equal_time = equal_time_comparison(results)
+    if equal_time is not None:
+        print(f"At equal training time ({equal_time['raptr_train_seconds']:.1f}"
+              f" s, RaPTr's whole run) held-out loss: raptr "
+              f"{equal_time['raptr_loss']:.4f}, baseline "
+              f"{equal_time['baseline_loss_at_that_time']:.4f} (linear "
+              "between the baseline's evaluations).")
     print(f"plot: {png}")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "data": info, "versions": versions(),
                    "machine": {"cpus": os.cpu_count(),
                                "platform": platform.platform()},
                    "total_seconds": total, "table": report,
-                   "results": results}, f, indent=1)
+                   "equal_time": equal_time, "results": results}, f,
+                  indent=1)
     return results
 
 

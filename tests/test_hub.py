@@ -418,6 +418,16 @@ def test_demo_smoke(tmp_path):
     for r in methods.values():
         assert r["steps"] == 4 and np.isfinite(r["final_loss"])
         assert len(r["held_out_curve"]) == 3  # step 0 and 2 evaluations
+        # Training time at each evaluation: from 0, growing, to the total.
+        seconds = [p["train_seconds"] for p in r["held_out_curve"]]
+        assert seconds[0] == 0.0 and seconds[1] > 0.0
+        assert seconds[2] >= seconds[1]
+        np.testing.assert_allclose(seconds[2], r["train_seconds"])
+    equal_time = report["equal_time"]
+    assert equal_time["raptr_train_seconds"] == (
+        methods["raptr"]["train_seconds"])
+    assert np.isfinite(equal_time["baseline_loss_at_that_time"])
+    assert "At equal training time" in result.stdout
     with open(out / "loss_curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
