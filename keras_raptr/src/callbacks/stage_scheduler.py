@@ -259,15 +259,14 @@ class StageScheduler(keras.callbacks.Callback):
         # them), which building a step under `keras.distribution` needs.
         _, step = self._train_function_for(model, keep_count)
         if step is not None and not step.compiled_or_compiling:
-            self._next_step = (step, keep_count)
+            self._next_step = step
 
     def _start_compile_ahead(self):
         example_args = self._current_step.example_args
         if example_args is None:
             return  # the stage's first step has not run: its compile first
-        step, _ = self._next_step
+        self._next_step.compile_in_background(example_args)
         self._next_step = None
-        step.compile_in_background(example_args)
 
     def _wait_for_compile(self, step, keep_count):
         error = None if step is None else step.wait_for_compile()
