@@ -10,11 +10,12 @@ on the 15% masked positions.
 
 - `raptr k`: a RandomPartStack of L blocks running k per step (first and last
   fixed), driven by a one-stage StageScheduler as in real use (the step is
-  traced for k: straight-line work over gathered weights on JAX/TF), for
-  several k including k = L;
+  traced for k: straight-line work over gathered weights on JAX and TF with
+  XLA; under tf.function the stages below L share the run-time step of
+  `dynamic k`), for several k including k = L;
 - `dynamic k`: the same stack with `keep_count` set and no scheduler (the
   step reads the keep count at run time: one conditional per block on
-  JAX/TF), at k = L/2.
+  JAX/TF), at every k < L.
 
 Each configuration runs in its own process (clean peak memory and compile
 counts) and reports the median over repetitions of the time per training
@@ -284,7 +285,7 @@ def main():
                 [("plain", layers)]
                 + [("plain", k) for k in keeps if k < layers]
                 + [("raptr", k) for k in keeps]
-                + [("dynamic", layers // 2)]
+                + [("dynamic", k) for k in keeps if k < layers]
             ):
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,

@@ -120,6 +120,40 @@ def test_one_trace_per_stage_and_none_per_step():
     )
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="torch runs eagerly")
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+@pytest.mark.parametrize("sampling", ["exact", "bernoulli"])
+def test_stages_share_a_trace_where_the_straight_line_path_does_not_apply(
+    jit_compile, sampling
+):
+    """A stage's step is traced for its keep count where that buys the
+    straight-line path. With `sampling="bernoulli"` every stage below the
+    full model would run the same conditionals: they share one trace."""
+    model, stack, blocks = make_model(num_blocks=6, sampling=sampling)
+    model.compile("sgd", "mse", jit_compile=jit_compile)
+    traces = []
+    train_step = model.train_step
+
+    def counting_train_step(*args):
+        traces.append(1)  # Python runs only while the step is traced
+        return train_step(*args)
+
+    model.train_step = counting_train_step
+    x, y = data(128)
+    scheduler = keras_raptr.StageScheduler("2-3-4-6", verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
+    if sampling == "exact":
+        assert len(traces) == 4  # one per stage
+        np.testing.assert_array_equal(
+            counts(blocks),
+            reference_counts(6, (0, 5), [2] * 4 + [3] * 4 + [4] * 4 + [6] * 4),
+        )
+    else:
+        assert len(traces) == 2  # one for 2, 3 and 4; one for the full model
+        assert counts(blocks)[[0, 5]].tolist() == [16, 16]
+        assert counts(blocks)[1:5].sum() > 0
+
+
 def test_evaluation_runs_every_block_unscaled():
     model, stack, blocks = make_model(
         num_blocks=5, keep_count=2, scaling="expectation"

@@ -235,6 +235,14 @@ class StageScheduler(keras.callbacks.Callback):
             model.train_function = current
         return cache[key]
 
+    def _traced_for(self, keep_count):
+        """The keep count the step of a stage with `keep_count` is traced
+        for: `keep_count`, or `None` where every stack serves it from one
+        step that reads the keep count at run time (shared by every such
+        stage; see `RandomPartStack._trace_key`)."""
+        keys = {stack._trace_key(keep_count) for stack in self._stacks}
+        return None if keys == {None} else keep_count
+
     def _use_train_function_for(self, model, keep_count):
         """Points `model.train_function` at a step traced for `keep_count`."""
         self._current_step = None
@@ -254,7 +262,7 @@ class StageScheduler(keras.callbacks.Callback):
             or stage + 1 >= len(self._resolved)
         ):
             return
-        keep_count = self._resolved.keep_counts[stage + 1]
+        keep_count = self._traced_for(self._resolved.keep_counts[stage + 1])
         # Variables hold the current state here (the stage change synced
         # them), which building a step under `keras.distribution` needs.
         _, step = self._train_function_for(model, keep_count)
@@ -271,9 +279,13 @@ class StageScheduler(keras.callbacks.Callback):
     def _wait_for_compile(self, step, keep_count):
         error = None if step is None else step.wait_for_compile()
         if error is not None:
+            what = (
+                "a run-time keep_count" if keep_count is None
+                else f"keep_count={keep_count}"
+            )
             warnings.warn(
-                "StageScheduler: compiling the training step for "
-                f"keep_count={keep_count} ahead of its stage failed "
+                f"StageScheduler: compiling the training step for {what} "
+                "ahead of its stage failed "
                 f"({error!r}); it compiles when the stage starts.",
                 stacklevel=2,
             )
@@ -323,12 +335,15 @@ class StageScheduler(keras.callbacks.Callback):
             return
         keep_count = self._resolved.keep_counts[stage]
         model = self.model  # On JAX, writes in-flight state to variables.
+        # The step is traced for the stage's keep count (exactly k blocks of
+        # straight-line work): at most one compile per stage. Where that
+        # path does not apply, the stages below the full model share one
+        # step that reads the keep count at run time (`traced` is None).
+        traced = self._traced_for(keep_count)
         for stack in self._stacks:
             stack.set_keep_count(keep_count)
-            # The step is retraced for the stage's keep count (exactly k
-            # blocks of straight-line work on JAX/TF): one compile per stage.
-            stack._compiled_keep_count = keep_count
-        self._use_train_function_for(model, keep_count)
+            stack._compiled_keep_count = traced
+        self._use_train_function_for(model, traced)
         self._prepare_next_stage(model, stage)
         if self.verbose:
             where = "epoch" if self.unit == "epochs" else "step"

@@ -335,6 +335,22 @@ class RandomPartStack(keras.layers.Layer):
             return bound[id(self)]
         return self._compiled_keep_count
 
+    def _trace_key(self, keep_count):
+        """The keep count a training step for `keep_count` is traced for.
+
+        `keep_count` itself where the trace is specialised to it: the plain
+        full model at `num_blocks`, and the straight-line path below it.
+        `None` where the straight-line path does not apply
+        (`sampling="bernoulli"`, middle blocks of different structure): the
+        step reads `keep_count` at run time, and one trace serves every such
+        stage instead of a trace per stage that would run the same code.
+        """
+        if keep_count >= self.num_blocks or not self.built:
+            return keep_count
+        if self.sampling == "exact" and self._is_homogeneous():
+            return keep_count
+        return None
+
     def _middle_blocks(self):
         return self.blocks[self._head : self.num_blocks - self._tail]
 
