@@ -416,6 +416,7 @@ def equal_time_comparison(results):
     seconds = raptr["train_seconds"]
     return {
         "raptr_train_seconds": seconds,
+        "baseline_train_seconds": baseline["train_seconds"],
         "raptr_loss": raptr["final_loss"],
         "baseline_loss_at_that_time": float(np.interp(
             seconds, [p["train_seconds"] for p in curve],
@@ -586,11 +587,18 @@ def main(argv=None):
           + f". Whole demo: {total:.0f} s.")
     equal_time = equal_time_comparison(results)
     if equal_time is not None:
-        print(f"At equal training time ({equal_time['raptr_train_seconds']:.1f}"
-              f" s, RaPTr's whole run) held-out loss: raptr "
-              f"{equal_time['raptr_loss']:.4f}, baseline "
-              f"{equal_time['baseline_loss_at_that_time']:.4f} (linear "
-              "between the baseline's evaluations).")
+        seconds = equal_time["raptr_train_seconds"]
+        baseline_seconds = equal_time["baseline_train_seconds"]
+        how = (
+            "linear between the baseline's evaluations"
+            if seconds <= baseline_seconds
+            else f"the baseline's final loss: it finished first, in "
+            f"{baseline_seconds:.1f} s"
+        )
+        print(f"At equal training time ({seconds:.1f} s, RaPTr's whole run) "
+              f"held-out loss: raptr {equal_time['raptr_loss']:.4f}, "
+              f"baseline {equal_time['baseline_loss_at_that_time']:.4f} "
+              f"({how}).")
     print(f"plot: {png}")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "data": info, "versions": versions(),

@@ -427,6 +427,8 @@ def test_demo_smoke(tmp_path):
     assert equal_time["raptr_train_seconds"] == (
         methods["raptr"]["train_seconds"])
     assert np.isfinite(equal_time["baseline_loss_at_that_time"])
+    assert equal_time["baseline_train_seconds"] == (
+        methods["baseline"]["train_seconds"])
     assert "At equal training time" in result.stdout
     with open(out / "loss_curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -439,3 +441,32 @@ def test_wrapped_bert_blocks_take_the_straight_line_path():
     )
     raptr = keras_raptr.wrap_backbone(backbone, keep_count=2)
     assert raptr.random_part_stack._is_homogeneous()
+
+
+def test_demo_equal_time_comparison_says_when_the_baseline_finished_first():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "demo", os.path.join(root, "examples", "demo.py")
+    )
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+
+    def run(method, seconds, losses):
+        curve = [{"train_seconds": t, "loss": loss}
+                 for t, loss in zip(seconds, losses)]
+        return {"method": method, "train_seconds": seconds[-1],
+                "final_loss": losses[-1], "held_out_curve": curve}
+
+    baseline = run("baseline", [0.0, 10.0, 20.0], [8.0, 7.0, 6.0])
+    faster = demo.equal_time_comparison(
+        [run("raptr", [0.0, 15.0], [8.0, 6.5]), baseline]
+    )
+    assert faster["baseline_loss_at_that_time"] == 6.5  # interpolated
+    slower = demo.equal_time_comparison(
+        [run("raptr", [0.0, 25.0], [8.0, 5.9]), baseline]
+    )
+    assert slower["baseline_loss_at_that_time"] == 6.0  # its final loss
+    assert slower["baseline_train_seconds"] == 20.0
+    assert demo.equal_time_comparison([baseline]) is None
