@@ -10,9 +10,8 @@ on the 15% masked positions.
 
 - `raptr k`: a RandomPartStack of L blocks running k per step (first and last
   fixed), driven by a one-stage StageScheduler as in real use (the step is
-  traced for k: straight-line work over gathered weights on JAX and TF with
-  XLA; under tf.function the stages below L share the run-time step of
-  `dynamic k`), for several k including k = L;
+  traced for k: straight-line work over gathered weights on JAX/TF), for
+  several k including k = L;
 - `dynamic k`: the same stack with `keep_count` set and no scheduler (the
   step reads the keep count at run time: one conditional per block on
   JAX/TF), at every k < L.

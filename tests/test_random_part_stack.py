@@ -92,18 +92,25 @@ def test_steps_per_execution_changes_at_the_next_execution():
     )
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="torch runs eagerly")
-def test_one_trace_per_stage_and_none_per_step():
-    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
-    model.compile("sgd", "mse")
+def count_traces(model):
+    """Wraps `model.train_step`; the returned list grows by one each time
+    the training step is traced (Python runs only while it is traced)."""
     traces = []
     train_step = model.train_step
 
     def counting_train_step(*args):
-        traces.append(1)  # Python runs only while the step is traced
+        traces.append(1)
         return train_step(*args)
 
     model.train_step = counting_train_step
+    return traces
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch runs eagerly")
+def test_one_trace_per_stage_and_none_per_step():
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    model.compile("sgd", "mse")
+    traces = count_traces(model)
     x, y = data(160)
     model.fit(x[:32], y[:32], batch_size=8, epochs=2, verbose=0)
     assert len(traces) == 1  # no scheduler: one trace, keep_count at run time
@@ -131,14 +138,7 @@ def test_stages_share_a_trace_where_the_straight_line_path_does_not_apply(
     full model would run the same conditionals: they share one trace."""
     model, stack, blocks = make_model(num_blocks=6, sampling=sampling)
     model.compile("sgd", "mse", jit_compile=jit_compile)
-    traces = []
-    train_step = model.train_step
-
-    def counting_train_step(*args):
-        traces.append(1)  # Python runs only while the step is traced
-        return train_step(*args)
-
-    model.train_step = counting_train_step
+    traces = count_traces(model)
     x, y = data(128)
     scheduler = keras_raptr.StageScheduler("2-3-4-6", verbose=0)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])

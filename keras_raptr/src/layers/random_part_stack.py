@@ -314,11 +314,7 @@ class RandomPartStack(keras.layers.Layer):
             for block in self.blocks:
                 x = block(x, **call_kwargs)
             return x
-        if (
-            compiled is not None
-            and self.sampling == "exact"
-            and self._is_homogeneous()
-        ):
+        if compiled is not None and self._has_straight_line_path():
             return self._run_gathered(
                 inputs, hashes, compiled, call_kwargs, post
             )
@@ -347,9 +343,12 @@ class RandomPartStack(keras.layers.Layer):
         """
         if keep_count >= self.num_blocks or not self.built:
             return keep_count
-        if self.sampling == "exact" and self._is_homogeneous():
-            return keep_count
-        return None
+        return keep_count if self._has_straight_line_path() else None
+
+    def _has_straight_line_path(self):
+        """Whether a step traced for a known keep count can run exactly
+        that many blocks as straight-line code (`_run_gathered`)."""
+        return self.sampling == "exact" and self._is_homogeneous()
 
     def _middle_blocks(self):
         return self.blocks[self._head : self.num_blocks - self._tail]
