@@ -289,11 +289,20 @@ class Run:
         self.curve, self.train_curve = [], []
         self.eval_seconds = 0.0
 
+    # keras-hub's `BertMaskedLM.fit` and `.evaluate` (its `PipelineModel`)
+    # turn NumPy input into a `tf.data` pipeline, to run a preprocessor. This
+    # model has none (the data is token ids already), so the demo calls
+    # `keras.Model`'s own `fit` and `evaluate`, which feed NumPy to every
+    # backend directly. On PyTorch the `tf.data` route stalled training after
+    # each evaluation on a 2-core CPU (docs/demo.md).
+
     def evaluate(self, held):
+        import keras
+
         held_x, held_y, held_w = held
         start = time.perf_counter()
-        loss, acc = self.model.evaluate(
-            held_x, held_y, sample_weight=held_w,
+        loss, acc = keras.Model.evaluate(
+            self.model, held_x, held_y, sample_weight=held_w,
             batch_size=self.args.batch, verbose=0,
         )
         self.eval_seconds += time.perf_counter() - start
@@ -301,6 +310,8 @@ class Run:
                            "acc": float(acc), "train_seconds": 0.0})
 
     def fit_chunk(self, chunk, num_chunks, data, held):
+        import keras
+
         args = self.args
         train_x, train_y, train_w = data
         interval = args.steps // args.evals
@@ -315,8 +326,9 @@ class Run:
         # One "epoch" per evaluation interval: with `steps_per_epoch` set the
         # numpy iterator carries on across the epochs of this call, and
         # Keras evaluates the held-out set at each epoch end.
-        history = self.model.fit(
-            {k: v[rows] for k, v in train_x.items()}, train_y[rows],
+        history = keras.Model.fit(
+            self.model, {k: v[rows] for k, v in train_x.items()},
+            train_y[rows],
             sample_weight=train_w[rows], batch_size=args.batch,
             initial_epoch=first_epoch, epochs=first_epoch + evals_per_chunk,
             steps_per_epoch=interval, shuffle=False,
