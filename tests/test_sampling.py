@@ -1,6 +1,7 @@
 """Property tests of the subset sampler, on the backend and via the layer."""
 
 import itertools
+import re
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ from keras import ops
 from scipy import stats
 
 import keras_raptr
+from keras_raptr.src.layers import random_part_stack
 from keras_raptr.src.layers import sampling
 from tests.common import CountingBlock
 from tests.common import counts
@@ -78,6 +80,68 @@ def test_backend_masks_equal_reference_and_exact_keeps_k(
         assert not masks.any()
     elif keep == count:
         assert masks.all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=12))
+def test_ranks_equal_a_stable_double_argsort(scores):
+    # Values from a small range, so that ties (broken by index) are common.
+    scores = np.array(scores, dtype="int32")
+    expected = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
+    got = ops.convert_to_numpy(sampling.ranks(ops.convert_to_tensor(scores)))
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=12))
+def test_kept_positions_are_the_true_positions_in_order(mask):
+    mask = np.array(mask)
+    positions = sampling.kept_positions(
+        ops.convert_to_tensor(mask), int(mask.sum())
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(positions), np.flatnonzero(mask)
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("jax", "tensorflow"),
+    reason="inspects the XLA program of a compiled training call",
+)
+@pytest.mark.parametrize("traced_for", [None, 3], ids=["run-time", "traced"])
+def test_training_call_compiles_without_a_sort(traced_for):
+    """A sort in a step made XLA on CPU run every TensorFlow Dropout in it
+    about 9 x slower (docs/benchmarks.md), so the subset is drawn without
+    one, on the run-time path and on the straight-line path traced for a
+    keep count."""
+    blocks = [keras.layers.Dense(4) for _ in range(6)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3, fixed=[0, 2])
+    x = np.ones((2, 4), "float32")
+    stack.build(x.shape)
+    trainable = [v.value for v in stack.trainable_variables]
+    state = [v.value for v in stack.non_trainable_variables]
+
+    def call(x):
+        with random_part_stack.tracing_keep_count([stack], traced_for):
+            return stack.stateless_call(trainable, state, x, training=True)[0]
+
+    def holds_a_sort(program):
+        return re.search(r"\bsort\b", program.lower()) is not None
+
+    # The inspection finds a sort where there is one.
+    assert holds_a_sort(_xla_program(lambda v: ops.argsort(v), np.arange(4)))
+    assert not holds_a_sort(_xla_program(call, x))
+
+
+def _xla_program(fn, x):
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn).lower(x).as_text()
+    import tensorflow as tf
+
+    compiled = tf.function(fn, jit_compile=True)
+    return compiled.experimental_get_compiler_ir(x)(stage="hlo")
 
 
 def _layer_counts_per_call(stack, blocks, x, calls):

@@ -389,16 +389,21 @@ class RandomPartStack(keras.layers.Layer):
         middle = self._middle_blocks()
         has_fixed = len(self._middle_fixed) > 0
         num_free_kept = num_slots - len(self._middle_fixed)
-        # Positions relative to the middle (every free block is in it).
-        scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
-        kept = ops.take(self._middle_free, ops.argsort(scores)[:num_free_kept])
+        free_kept = sampler.keep_mask(hashes, num_free_kept, "exact", None)
+        # The kept blocks as a mask over the middle (every free block is in
+        # it), then their positions in order: one per slot.
+        free_to_middle = np.zeros((len(self._free), len(middle)), dtype=bool)
+        free_to_middle[np.arange(len(self._free)), self._middle_free] = True
+        fixed_flags = np.zeros(len(middle), dtype=bool)
+        fixed_flags[self._middle_fixed] = True
+        in_middle = ops.any(
+            ops.logical_and(ops.expand_dims(free_kept, 1), free_to_middle),
+            axis=0,
+        )
+        in_middle = ops.logical_or(in_middle, fixed_flags)
+        kept = sampler.kept_positions(in_middle, num_slots)
         if has_fixed:
-            kept = ops.concatenate([self._middle_fixed, kept])
-        kept = ops.sort(kept)
-        if has_fixed:
-            flags = np.zeros(len(middle), dtype=bool)
-            flags[self._middle_fixed] = True
-            is_fixed = ops.take(flags, kept)
+            is_fixed = ops.take(fixed_flags, kept)
 
         def stacked(variables_of):
             columns = zip(*[variables_of(block) for block in middle])

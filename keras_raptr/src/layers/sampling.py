@@ -77,6 +77,26 @@ def uniform_from_hashes(hashes):
     return ops.divide(ops.cast(top, "float32"), float(1 << 24))
 
 
+def ranks(scores):
+    """Each score's place in ascending order (along the last axis), ties
+    broken by index.
+
+    The stable `argsort(argsort(scores))`, computed from pairwise comparisons
+    instead of a sort: a step compiled by XLA on CPU that holds a sort ran
+    every TensorFlow Dropout in it about 9 x slower (`docs/benchmarks.md`),
+    and a stack has few blocks, so the n x n comparisons cost nothing.
+    """
+    count = scores.shape[-1]
+    row = ops.expand_dims(scores, -1)  # score i
+    column = ops.expand_dims(scores, -2)  # score j
+    index_before = np.tril(np.ones((count, count), dtype=bool), k=-1)
+    before = ops.logical_or(
+        ops.less(column, row),
+        ops.logical_and(ops.equal(column, row), index_before),
+    )
+    return ops.sum(ops.cast(before, "int32"), axis=-1)
+
+
 def keep_mask(hashes, num_to_keep, sampling, keep_probability):
     """Boolean mask over the non-fixed blocks.
 
@@ -85,10 +105,26 @@ def keep_mask(hashes, num_to_keep, sampling, keep_probability):
     probability `keep_probability`.
     """
     if sampling == "exact":
-        scores = ops.bitwise_and(hashes, 0x7FFFFFFF)
-        ranks = ops.argsort(ops.argsort(scores))
-        return ops.less(ranks, ops.cast(num_to_keep, ranks.dtype))
+        order = ranks(ops.bitwise_and(hashes, 0x7FFFFFFF))
+        return ops.less(order, ops.cast(num_to_keep, order.dtype))
     return ops.less(uniform_from_hashes(hashes), keep_probability)
+
+
+def kept_positions(mask, num_kept):
+    """The positions where `mask` is true, ascending, as `num_kept` int32.
+
+    `num_kept` is a Python int: the number of true entries. Like `ranks`, no
+    sort and no data-dependent shape: slot s picks the entry with s true
+    entries before it.
+    """
+    count = mask.shape[0]
+    flags = ops.cast(mask, "int32")
+    index_before = np.tril(np.ones((count, count), dtype="int32"), k=-1)
+    trues_before = ops.sum(ops.multiply(index_before, flags), axis=1)
+    slots = np.arange(num_kept, dtype="int32")[:, None]
+    picks = ops.logical_and(ops.equal(trues_before, slots), mask)
+    positions = np.arange(count, dtype="int32")
+    return ops.sum(ops.multiply(ops.cast(picks, "int32"), positions), axis=1)
 
 
 def numpy_keep_mask(seed, step, count, num_to_keep, sampling, keep_probability):
