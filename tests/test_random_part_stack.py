@@ -240,18 +240,30 @@ def test_call_kwargs_reach_every_block():
     np.testing.assert_allclose(out_train, ref, atol=1e-6)
 
 
-def test_skipped_blocks_get_zero_gradient_on_every_backend():
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+@pytest.mark.parametrize("scheduled", [False, True])
+@pytest.mark.parametrize("keep_count", [2, 3])
+def test_skipped_blocks_get_zero_gradient_on_every_backend(
+    keep_count, scheduled, jit_compile
+):
     # Plain SGD: a zero gradient leaves skipped weights exactly unchanged,
-    # and no backend warns about missing gradients.
-    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
-    model.compile(keras.optimizers.SGD(0.1), "mse")
+    # and no backend warns about missing gradients. That holds on every
+    # path: the run-time one, and the step traced for its stage, also where
+    # the stage runs no block but the fixed ones (k = 2 = len(fixed)).
+    model, stack, blocks = make_model(num_blocks=6, keep_count=keep_count)
+    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit_compile)
     x, y = data(8)
+    callbacks = []
+    if scheduled:
+        callbacks = [keras_raptr.StageScheduler(
+            [(keep_count, None)], allow_partial_final=True, verbose=0)]
     before = [ops.convert_to_numpy(b.dense.kernel) for b in blocks]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        warnings.filterwarnings("error", message=".*[Gg]radients do not exist")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=callbacks)
     ran = counts(blocks) > 0
-    assert ran.sum() == 2
+    assert ran.sum() == keep_count
     for block, old, was_run in zip(blocks, before, ran):
         kernel = ops.convert_to_numpy(block.dense.kernel)
         changed = not np.array_equal(kernel, old)

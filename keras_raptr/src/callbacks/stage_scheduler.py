@@ -317,7 +317,7 @@ class StageScheduler(keras.callbacks.Callback):
         # The stack's own step counter: it is saved with the weights, drives
         # the subset sampler, and (unlike `optimizer.iterations`) also counts
         # the steps a LossScaleOptimizer skips after an overflow.
-        return int(ops.convert_to_numpy(self._stacks[0].step))
+        return int(ops.convert_to_numpy(self._stacks[0].step.value))
 
     def on_train_batch_begin(self, batch, logs=None):
         self._step = self._epoch_start_step + batch

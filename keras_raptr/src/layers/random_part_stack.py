@@ -381,6 +381,8 @@ class RandomPartStack(keras.layers.Layer):
             x = self._run_gathered_middle(
                 x, hashes, num_slots, call_kwargs, post
             )
+        else:
+            x = _with_zero_gradient_to(x, self._middle_blocks())
         for block in self.blocks[self.num_blocks - self._tail :]:
             x = block(x, **call_kwargs)
         return x
@@ -489,6 +491,28 @@ class RandomPartStack(keras.layers.Layer):
             for block in config["blocks"]
         ]
         return cls(**config)
+
+
+def _with_zero_gradient_to(x, blocks):
+    """`x` unchanged, with a zero gradient for the blocks' trainable weights.
+
+    A stage that runs only the fixed blocks leaves the others out of the
+    step entirely, and TensorFlow and PyTorch would then give them no
+    gradient at all: Keras warns on every step and leaves them (and their
+    optimizer slots) untouched, unlike every other stage and backend. Adding
+    the sum of an empty slice of each weight (exactly 0) ties them to the
+    output for the cost of one addition; its gradient is zeros of the
+    weight's shape.
+    """
+    weights = [v.value for b in blocks for v in b.trainable_variables]
+    if not weights:
+        return x
+    zero = ops.sum(
+        ops.stack(
+            [ops.sum(ops.reshape(w, (-1,))[:0]) for w in weights]
+        )
+    )
+    return ops.add(x, ops.cast(zero, x.dtype))
 
 
 def _canonical(config):
