@@ -500,6 +500,47 @@ def test_functional_blocks_take_the_straight_line_path_in_fit():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+@pytest.mark.parametrize("freeze", ["block", "kernel"])
+def test_freezing_a_block_after_training(freeze, jit_compile):
+    # Freezing part of the middle after the stack has trained (then
+    # compiling again, as Keras asks): the frozen weights stay as they are,
+    # the others train, and the subsets are the usual ones. The frozen
+    # block no longer shares the others' structure (which weights train),
+    # so the straight-line path must not lend it their computation.
+    keras.utils.set_random_seed(0)
+    model, stack, blocks = make_model(num_blocks=6, keep_count=4)
+    x, y = data(32)
+
+    def fit():
+        scheduler = keras_raptr.StageScheduler(
+            [(4, None)], allow_partial_final=True, verbose=0
+        )
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[scheduler])
+
+    model.compile(keras.optimizers.SGD(0.01), "mse", jit_compile=jit_compile)
+    fit()
+    assert stack._is_homogeneous()
+    ran_before = counts(blocks)
+    if freeze == "block":
+        blocks[2].trainable = False
+    else:
+        blocks[2].dense.kernel.trainable = False
+    model.compile(keras.optimizers.SGD(0.01), "mse", jit_compile=jit_compile)
+    before = [ops.convert_to_numpy(v) for v in blocks[2].dense.weights]
+    fit()
+    assert not stack._is_homogeneous()
+    after = [ops.convert_to_numpy(v) for v in blocks[2].dense.weights]
+    assert all(np.all(np.isfinite(w)) for w in before + after)
+    ran = counts(blocks)
+    np.testing.assert_array_equal(ran, reference_counts(6, (0, 5), [4] * 8))
+    np.testing.assert_array_equal(after[0], before[0])  # the kernel
+    assert ran[2] > ran_before[2]  # block 2 ran in the second fit
+    trains_bias = freeze == "kernel"
+    assert (not np.array_equal(after[1], before[1])) == trains_bias
+
+
 @pytest.mark.parametrize("make_block", [
     lambda i: _functional_block(i),
     lambda i: CountingBlock(dropout=0.3, name=f"c{i}"),

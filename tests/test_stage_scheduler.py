@@ -674,3 +674,36 @@ def test_failed_compile_ahead_warns_and_the_stage_compiles_itself(
     np.testing.assert_array_equal(runs[True][1], runs[False][1])
     _assert_counts(blocks, [2] * 2 + [4] * 2 + [6] * 2)
 
+
+
+@pytest.mark.parametrize("keep_count", [4, 6])
+def test_compiling_again_retraces_the_stage_steps(keep_count):
+    # The traced steps kept on the model for later `fit` calls belong to
+    # one `compile`: after compiling again with the same optimizer but a
+    # new loss, training must use the new loss (stale steps trained with
+    # the old one on JAX, and reported a loss of 0 on TensorFlow).
+    x, y = data(16)
+
+    def fit(model):
+        scheduler = keras_raptr.StageScheduler(
+            [(keep_count, None)], allow_partial_final=True, verbose=0
+        )
+        return model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                         callbacks=[scheduler]).history["loss"][0]
+
+    keras.utils.set_random_seed(0)
+    model, stack, _ = fresh_model(keep_count=keep_count)
+    optimizer = keras.optimizers.SGD(0.0)  # the weights stay as they are
+    model.compile(optimizer, "mse")
+    fit(model)
+    model.compile(optimizer, "mae")
+    step = int(ops.convert_to_numpy(stack.step.value))
+    loss = fit(model)
+    # The same step (same weights, same subset) in a model compiled only
+    # with the new loss.
+    reference, reference_stack, _ = fresh_model(
+        initial_weights=model.get_weights(), keep_count=keep_count
+    )
+    reference_stack.step.assign(step)
+    reference.compile(keras.optimizers.SGD(0.0), "mae")
+    np.testing.assert_allclose(loss, fit(reference), rtol=1e-6)

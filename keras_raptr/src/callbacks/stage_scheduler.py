@@ -214,7 +214,9 @@ class StageScheduler(keras.callbacks.Callback):
         step on JAX, else `None`), built once per model.
 
         Built functions are kept on the model, so calling `fit` again (e.g.
-        once per epoch) reuses them instead of compiling again. Building
+        once per epoch) reuses them instead of compiling again, until the
+        model is compiled again (a new loss, metrics or optimizer, or weights
+        frozen or unfrozen since: the traced steps would be stale). Building
         does not trace; the step is traced at its first call, or ahead of
         it (`compile_ahead`), bound to `keep_count` either way.
         """
@@ -225,6 +227,15 @@ class StageScheduler(keras.callbacks.Callback):
             model.jit_compile,
         )
         cache = model.__dict__.setdefault("_raptr_train_functions", {})
+        # `compile` makes a new config object every time it runs.
+        compiled = getattr(model, "_compile_config", None)
+        stale = (
+            "_raptr_compiled_with" not in model.__dict__
+            or model.__dict__["_raptr_compiled_with"] is not compiled
+        )
+        if stale:
+            cache.clear()
+            model.__dict__["_raptr_compiled_with"] = compiled
         if key not in cache:
             current = model.train_function
             stacks = list(self._stacks)

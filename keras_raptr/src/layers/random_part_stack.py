@@ -357,9 +357,15 @@ class RandomPartStack(keras.layers.Layer):
         # Decided lazily: a stack may be marked built without `build` (e.g.
         # by `wrap_backbone`, whose blocks are built already). Only the
         # middle blocks (those without a static slot) need one structure.
-        if self._homogeneous is None:
-            self._homogeneous = _same_structure(self._middle_blocks())
-        return self._homogeneous
+        # Decided again when any of their weights is frozen or unfrozen
+        # (then `compile` traces the step again): a block whose weights are
+        # split differently into trainable and not cannot lend its
+        # computation to the others.
+        middle = self._middle_blocks()
+        trainability = tuple(_trainability(block) for block in middle)
+        if self._homogeneous is None or self._homogeneous[0] != trainability:
+            self._homogeneous = (trainability, _same_structure(middle))
+        return self._homogeneous[1]
 
     def _run_gathered(self, x, hashes, keep_count, call_kwargs, post):
         """Runs exactly `keep_count` blocks as straight-line code.
@@ -548,6 +554,11 @@ def _canonical(config):
     return rename(config)
 
 
+def _trainability(block):
+    """Which of the block's variables (in their fixed order) it trains."""
+    return (block.trainable, *(v.trainable for v in block.variables))
+
+
 def _same_structure(blocks):
     """Whether every block computes the same function of its own weights."""
 
@@ -559,8 +570,8 @@ def _same_structure(blocks):
         return (
             type(block),
             config,
-            [(tuple(v.shape), v.dtype) for v in block.trainable_variables],
-            [(tuple(v.shape), v.dtype) for v in block.non_trainable_variables],
+            [(tuple(v.shape), v.dtype) for v in block.variables],
+            _trainability(block),
         )
 
     first = signature(blocks[0])
