@@ -501,6 +501,27 @@ def test_functional_blocks_take_the_straight_line_path_in_fit():
 
 
 @pytest.mark.parametrize("jit_compile", JIT_MODES)
+def test_a_block_listed_more_than_once_runs_each_time(jit_compile):
+    # One layer at every position (weights shared across depth, as in
+    # ALBERT): each kept position runs it once, in order, so its state
+    # (here an execution count; Dropout seeds alike) advances once per
+    # run. The straight-line path would read one state for every slot, so
+    # such a stack takes the run-time path.
+    shared = CountingBlock(dropout=0.5, name="shared")
+    stack = keras_raptr.RandomPartStack([shared] * 6, keep_count=4)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+    model.compile("sgd", "mse", jit_compile=jit_compile)
+    x, y = data(16)
+    scheduler = keras_raptr.StageScheduler(
+        [(4, None)], allow_partial_final=True, verbose=0
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[scheduler])
+    assert not stack._has_straight_line_path()
+    assert int(ops.convert_to_numpy(shared.count.value)) == 2 * 4
+
+
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
 @pytest.mark.parametrize("freeze", ["block", "kernel"])
 def test_freezing_a_block_after_training(freeze, jit_compile):
     # Freezing part of the middle after the stack has trained (then

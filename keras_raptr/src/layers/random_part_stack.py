@@ -111,7 +111,9 @@ class RandomPartStack(keras.layers.Layer):
     Args:
         blocks: list of Keras layers, each mapping `x` to a tensor of the
             same shape. Extra keyword arguments of the stack's call (e.g.
-            `padding_mask`) are passed to every block.
+            `padding_mask`) are passed to every block. A layer may appear
+            more than once (weights shared across depth); it then runs once
+            per kept position.
         keep_count: int. Blocks run per training step (`sampling="exact"`),
             or the expected number (`sampling="bernoulli"`). Must lie in
             `[len(fixed), len(blocks)]`. Defaults to `None`: all blocks.
@@ -225,6 +227,7 @@ class RandomPartStack(keras.layers.Layer):
         # step is traced for. `None`: the step reads `keep_count` at run time.
         self._compiled_keep_count = None
         self._homogeneous = None  # decided at the first training call
+        self._shared = None  # likewise
         self._seed_int32 = sampler.seed_hash(self.seed)
         self._offsets = sampler.index_offsets(len(self._free))
         self.keep_count = self.add_weight(
@@ -348,7 +351,26 @@ class RandomPartStack(keras.layers.Layer):
     def _has_straight_line_path(self):
         """Whether a step traced for a known keep count can run exactly
         that many blocks as straight-line code (`_run_gathered`)."""
-        return self.sampling == "exact" and self._is_homogeneous()
+        return (
+            self.sampling == "exact"
+            and self._is_homogeneous()
+            and not self._shares_variables()
+        )
+
+    def _shares_variables(self):
+        """Whether a variable belongs to more than one position of the
+        stack (one layer listed twice, or blocks sharing weights, as in
+        ALBERT). Such a stack runs on the run-time path: the straight-line
+        path reads each slot's state before the step and writes it back
+        after, which holds only if every position has its own."""
+        if self._shared is None or not self.built:
+            seen, shared = set(), False
+            for block in self.blocks:
+                ids = {id(v) for v in block.variables}
+                shared = shared or not seen.isdisjoint(ids)
+                seen |= ids
+            self._shared = shared
+        return self._shared
 
     def _middle_blocks(self):
         return self.blocks[self._head : self.num_blocks - self._tail]
