@@ -630,3 +630,83 @@ def test_fixed_edge_blocks_may_differ_from_the_gathered_middle(monkeypatch):
     stack(x, training=True)
     ran = counts() - before
     assert ran[0] == 1 and ran[1:].sum() == 1
+
+
+class MaskedBlock(keras.layers.Layer):
+    """`x + dense(x)`, the branch zeroed where the Keras mask is False.
+
+    Takes the mask as a `mask` call argument (Keras fills it in from the
+    input's mask); KerasHub's TransformerEncoder reads it from the input.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(input_shape[-1])
+        self.dense.build(input_shape)
+
+    def call(self, x, mask=None):
+        y = self.dense(x)
+        if mask is not None:
+            y = y * ops.expand_dims(ops.cast(mask, y.dtype), -1)
+        return x + y
+
+
+@pytest.mark.parametrize("kind", ["mask_argument", "keras_hub"])
+@pytest.mark.parametrize("path", ["run_time", "straight_line"])
+def test_the_keras_mask_reaches_every_block(kind, path, monkeypatch):
+    # Padding marked by `Embedding(mask_zero=True)` must reach each block
+    # that runs, as in a plain model of those blocks, in training as in
+    # evaluation; and the stack's output carries the mask on.
+    import keras_hub
+    from keras.src.backend import get_keras_mask
+
+    from keras_raptr.src import backend
+    from keras_raptr.src.layers import sampling
+
+    monkeypatch.setattr(backend, "trace_for_keep_count", lambda: True)
+    keras.utils.set_random_seed(0)
+    tokens = np.array([[5, 6, 7, 0, 0, 0], [3, 4, 5, 6, 7, 8]], "int32")
+    padding = tokens != 0
+    if kind == "mask_argument":
+        blocks = [MaskedBlock(name=f"m{i}") for i in range(5)]
+    else:
+        blocks = [keras_hub.layers.TransformerEncoder(16, 2, name=f"t{i}")
+                  for i in range(5)]
+    stack = keras_raptr.RandomPartStack(blocks, keep_count=3)
+    embedding = keras.layers.Embedding(20, 8, mask_zero=True)
+
+    def embedded():
+        # Calling a layer may consume its input's mask (MultiHeadAttention
+        # does): every call gets a fresh masked input.
+        return embedding(tokens)
+
+    stack(embedded())  # build
+    stack._compiled_keep_count = 3 if path == "straight_line" else None
+
+    def plain(kept_blocks):
+        y = embedded()
+        for block in kept_blocks:
+            if kind == "mask_argument":
+                y = block(y, mask=padding)
+            else:
+                y = block(y, padding_mask=padding)
+        return ops.convert_to_numpy(y)
+
+    kept = sampling.numpy_keep_mask(0, 0, 3, 1, "exact", 1 / 3)
+    kept_blocks = [blocks[0]] + [
+        b for b, k in zip(blocks[1:4], kept) if k
+    ] + [blocks[4]]
+    out = stack(embedded(), training=True)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out), plain(kept_blocks), atol=1e-5
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(get_keras_mask(out)), padding
+    )
+    evaluated = stack(embedded(), training=False)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(evaluated), plain(blocks), atol=1e-5
+    )

@@ -2,19 +2,46 @@
 
 from keras import ops
 
+# Keras keeps the mask of a tensor in this private attribute store; KerasHub
+# reads it the same way (`keras_hub/src/layers/modeling/
+# transformer_layer_utils.py`).
+from keras.src.backend import get_keras_mask
+from keras.src.backend import set_keras_mask
 
-def stateless_call_kwargs(block, call_kwargs):
-    """The keyword arguments to give `block.stateless_call`.
 
-    `Layer.__call__` drops `training` for a layer whose `call` does not take
-    it, but `stateless_call` passes its keyword arguments to `call` as they
-    are, so drop it here the same way.
+def block_call_args(block, x, call_kwargs):
+    """`(x, kwargs)` to call `block` with, as a plain model would.
+
+    - `training` is dropped for a block whose `call` does not take it
+      (`Layer.__call__` does that; `stateless_call` passes its keyword
+      arguments to `call` as they are).
+    - `call_kwargs["mask"]`, the stack's Keras mask (e.g. padding from
+      `Embedding(mask_zero=True)`), is attached to `x` unless `x` carries a
+      mask already (KerasHub blocks read it from their input), and passed as
+      `mask` only to a block whose `call` takes it. In a plain model Keras
+      does both between layers; here outputs of conditionals and gathered
+      slots carry no mask, so every block call goes through this.
     """
+    keras_mask = call_kwargs.get("mask")
+    drop = set()
+    if keras_mask is not None:
+        if get_keras_mask(x) is None:
+            set_keras_mask(x, keras_mask)
+    if "mask" in call_kwargs and not getattr(block, "_call_has_mask_arg", True):
+        drop.add("mask")
     if "training" in call_kwargs and not getattr(
         block, "_call_has_training_arg", True
     ):
-        return {k: v for k, v in call_kwargs.items() if k != "training"}
-    return call_kwargs
+        drop.add("training")
+    if drop:
+        call_kwargs = {k: v for k, v in call_kwargs.items() if k not in drop}
+    return x, call_kwargs
+
+
+def call_block(block, x, call_kwargs):
+    """`block(x, ...)` with the stack's call arguments (`block_call_args`)."""
+    x, call_kwargs = block_call_args(block, x, call_kwargs)
+    return block(x, **call_kwargs)
 
 
 def _run_free_block(keep, block, x, call_kwargs, post):
@@ -32,7 +59,7 @@ def _run_free_block(keep, block, x, call_kwargs, post):
     trainable = [v.value for v in block.trainable_variables]
     state_variables = block.non_trainable_variables
     state = [v.value for v in state_variables]
-    call_kwargs = stateless_call_kwargs(block, call_kwargs)
+    x, call_kwargs = block_call_args(block, x, call_kwargs)
 
     def run():
         y, new_state = block.stateless_call(trainable, state, x, **call_kwargs)
@@ -51,7 +78,7 @@ def run_blocks_with_cond(x, blocks, free_index, mask, call_kwargs, post):
     """One conditional per non-fixed block (JAX `lax.cond`, TF `tf.cond`)."""
     for block, index in zip(blocks, free_index):
         if index is None:
-            x = block(x, **call_kwargs)
+            x = call_block(block, x, call_kwargs)
         else:
             x = _run_free_block(mask[index], block, x, call_kwargs, post)
     return x

@@ -13,6 +13,8 @@ graph would recompile for every new subset.
 
 import torch
 
+from keras_raptr.src.backend.common import call_block
+
 
 class _IdentityWithZeroGrad(torch.autograd.Function):
     @staticmethod
@@ -44,9 +46,9 @@ def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
     keep = mask.tolist()  # the step's one host synchronisation
     for block, index in zip(blocks, free_index):
         if index is None:
-            x = block(x, **call_kwargs)
+            x = call_block(block, x, call_kwargs)
         elif keep[index]:
-            x = post(x, block(x, **call_kwargs))
+            x = post(x, call_block(block, x, call_kwargs))
         else:
             x = _skip(block, x)
     return x

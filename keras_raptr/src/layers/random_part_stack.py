@@ -7,7 +7,9 @@ from keras import ops
 
 from keras_raptr.src import backend
 from keras_raptr.src.api_export import raptr_export
-from keras_raptr.src.backend.common import stateless_call_kwargs
+from keras_raptr.src.backend.common import block_call_args
+from keras_raptr.src.backend.common import call_block
+from keras_raptr.src.backend.common import get_keras_mask
 from keras_raptr.src.layers import sampling as sampler
 from keras_raptr.src.utils import is_int
 
@@ -164,6 +166,9 @@ class RandomPartStack(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Blocks keep their input's shape, so the input's Keras mask (e.g.
+        # padding) holds for the output too; every block sees it.
+        self.supports_masking = True
         if isinstance(blocks, keras.layers.Layer) or not blocks:
             raise ValueError(
                 "Invalid value for `blocks`. Expected a non-empty list of "
@@ -287,14 +292,18 @@ class RandomPartStack(keras.layers.Layer):
                     f"shape {shape} to {out_shape}"
                 )
 
-    def call(self, inputs, training=None, **kwargs):
+    def call(self, inputs, training=None, mask=None, **kwargs):
         call_kwargs = dict(kwargs)
         if training is not None:
             call_kwargs["training"] = training
+        if mask is None:  # Keras fills `mask` in only for a lone tensor
+            mask = get_keras_mask(inputs)
+        if mask is not None:
+            call_kwargs["mask"] = mask
         if not training or not self._free:
             x = inputs
             for block in self.blocks:
-                x = block(x, **call_kwargs)
+                x = call_block(block, x, call_kwargs)
             return x
 
         num_fixed = len(self.fixed)
@@ -315,7 +324,7 @@ class RandomPartStack(keras.layers.Layer):
         if compiled is not None and compiled == self.num_blocks:
             x = inputs  # last stage: the plain full model
             for block in self.blocks:
-                x = block(x, **call_kwargs)
+                x = call_block(block, x, call_kwargs)
             return x
         if compiled is not None and self._has_straight_line_path():
             return self._run_gathered(
@@ -403,7 +412,7 @@ class RandomPartStack(keras.layers.Layer):
         trace per stage.
         """
         for block in self.blocks[: self._head]:
-            x = block(x, **call_kwargs)
+            x = call_block(block, x, call_kwargs)
         num_slots = keep_count - self._head - self._tail
         if num_slots:
             x = self._run_gathered_middle(
@@ -412,7 +421,7 @@ class RandomPartStack(keras.layers.Layer):
         else:
             x = _with_zero_gradient_to(x, self._middle_blocks())
         for block in self.blocks[self.num_blocks - self._tail :]:
-            x = block(x, **call_kwargs)
+            x = call_block(block, x, call_kwargs)
         return x
 
     def _run_gathered_middle(self, x, hashes, num_slots, call_kwargs, post):
@@ -442,15 +451,15 @@ class RandomPartStack(keras.layers.Layer):
         trainable = stacked(lambda b: b.trainable_variables)
         state = stacked(lambda b: b.non_trainable_variables)
         template = middle[0]
-        call_kwargs = stateless_call_kwargs(template, call_kwargs)
         new_states = []
         for slot in range(num_slots):
             index = kept[slot]
+            x, slot_kwargs = block_call_args(template, x, call_kwargs)
             y, new_state = template.stateless_call(
                 [ops.take(w, index, axis=0) for w in trainable],
                 [ops.take(v, index, axis=0) for v in state],
                 x,
-                **call_kwargs,
+                **slot_kwargs,
             )
             if has_fixed:
                 x = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
