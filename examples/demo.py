@@ -358,7 +358,7 @@ class Run:
                  for k in self.progress.keeps]
         if self.raptr:
             stack = self.model.backbone.random_part_stack
-            steps_run = int(keras.ops.convert_to_numpy(stack.step.value))
+            steps_run = int(keras.ops.convert_to_numpy(stack.step))
             assert steps_run == args.steps, (steps_run, args.steps)
         # Time beyond the median step spent in the first step of each stage
         # (compilation; on JAX also a retrace after each keep-count change).

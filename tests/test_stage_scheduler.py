@@ -707,3 +707,21 @@ def test_compiling_again_retraces_the_stage_steps(keep_count):
     reference_stack.step.assign(step)
     reference.compile(keras.optimizers.SGD(0.0), "mae")
     np.testing.assert_allclose(loss, fit(reference), rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [8, 32])  # 4 steps an epoch, or 1
+def test_a_stack_called_twice_per_step_is_refused(batch_size):
+    # One encoder applied to two inputs advances the stack's step counter
+    # twice per training step; the stages would start early (2-4-6 over 3
+    # epochs skipped the middle stage). The scheduler says so instead.
+    blocks = [CountingBlock(name=f"b{i}") for i in range(6)]
+    stack = keras_raptr.RandomPartStack(blocks)
+    a, b = keras.Input((4,)), keras.Input((4,))
+    joined = keras.layers.Concatenate()([stack(a), stack(b)])
+    model = keras.Model([a, b], keras.layers.Dense(1)(joined))
+    model.compile("sgd", "mse")
+    x, y = data(32)
+    scheduler = keras_raptr.StageScheduler("2-4-6", verbose=0)
+    with pytest.raises(ValueError, match="ran 2 times in the first 1 "):
+        model.fit([x, x], y, batch_size=batch_size, epochs=3, verbose=0,
+                  callbacks=[scheduler])

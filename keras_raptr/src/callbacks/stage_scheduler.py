@@ -149,6 +149,8 @@ class StageScheduler(keras.callbacks.Callback):
         self._stage_end = -1
         self._epoch_start_step = 0
         self._step = 0
+        self._last_batch = -1
+        self._calls_checked = False
         # The traced step of the current stage (JAX), and the next stage's
         # step while it waits for the current one's arguments to compile.
         self._current_step = None
@@ -188,6 +190,7 @@ class StageScheduler(keras.callbacks.Callback):
         )
         self._stage = None
         self._stage_end = -1
+        self._calls_checked = False
 
     def _total(self):
         if self.unit == "epochs":
@@ -328,9 +331,35 @@ class StageScheduler(keras.callbacks.Callback):
         # The stack's own step counter: it is saved with the weights, drives
         # the subset sampler, and (unlike `optimizer.iterations`) also counts
         # the steps a LossScaleOptimizer skips after an overflow.
-        return int(ops.convert_to_numpy(self._stacks[0].step.value))
+        return int(ops.convert_to_numpy(self._stacks[0].step))
+
+    def _check_one_call_per_step(self, steps):
+        """Raises if a stack ran more (or less) than once per training step.
+
+        Its `step` counter counts training calls; it draws the subsets and
+        places the stage boundaries, so a stack called twice per step (e.g.
+        one encoder applied to two inputs) would enter every stage early,
+        or skip one. Checked once per `fit`, after its first steps.
+        """
+        self._calls_checked = True
+        self.model  # On JAX, writes in-flight state to variables.
+        calls = self._global_step() - self._epoch_start_step
+        if calls != steps:
+            stack = self._stacks[0]
+            raise ValueError(
+                f"RandomPartStack '{stack.name}' ran {calls} times in the "
+                f"first {steps} training step(s) of this `fit`; "
+                "StageScheduler needs it to run exactly once per step. Its "
+                "`step` counter counts training calls, and it places the "
+                "stage boundaries and draws the subsets, so the stages would "
+                "start early. Call each stack once per step (e.g. "
+                "concatenate the inputs along the batch axis and split the "
+                "output)."
+            )
 
     def on_train_batch_begin(self, batch, logs=None):
+        if not self._calls_checked and batch > 0:
+            self._check_one_call_per_step(batch)
         self._step = self._epoch_start_step + batch
         if self._next_step is not None:
             self._start_compile_ahead()
@@ -367,7 +396,13 @@ class StageScheduler(keras.callbacks.Callback):
             print(message, flush=True)
         self._stage = stage
 
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch = batch
+
     def on_epoch_end(self, epoch, logs=None):
+        if not self._calls_checked and self._stage is not None:
+            # An epoch of one step (or one execution): check it here.
+            self._check_one_call_per_step(self._last_batch + 1)
         if logs is None or self._stage is None:
             return
         logs["keep_count"] = self._resolved.keep_counts[self._stage]
