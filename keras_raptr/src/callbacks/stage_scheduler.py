@@ -149,7 +149,6 @@ class StageScheduler(keras.callbacks.Callback):
         self._stage_end = -1
         self._epoch_start_step = 0
         self._step = 0
-        self._last_batch = -1
         self._calls_checked = False
         # The traced step of the current stage (JAX), and the next stage's
         # step while it waits for the current one's arguments to compile.
@@ -333,22 +332,24 @@ class StageScheduler(keras.callbacks.Callback):
         # the steps a LossScaleOptimizer skips after an overflow.
         return int(ops.convert_to_numpy(self._stacks[0].step))
 
-    def _check_one_call_per_step(self, steps):
+    def _check_one_call_per_step(self, steps, at_most=False):
         """Raises if a stack ran more (or less) than once per training step.
 
         Its `step` counter counts training calls; it draws the subsets and
         places the stage boundaries, so a stack called twice per step (e.g.
         one encoder applied to two inputs) would enter every stage early,
-        or skip one. Checked once per `fit`, after its first steps.
+        or skip one. Checked once per `fit`, after its first steps;
+        `at_most`: `steps` is only an upper bound on the steps run.
         """
         self._calls_checked = True
         self.model  # On JAX, writes in-flight state to variables.
         calls = self._global_step() - self._epoch_start_step
-        if calls != steps:
+        if calls > steps or (calls != steps and not at_most):
             stack = self._stacks[0]
+            within = "at most " if at_most else ""
             raise ValueError(
                 f"RandomPartStack '{stack.name}' ran {calls} times in the "
-                f"first {steps} training step(s) of this `fit`; "
+                f"first {within}{steps} training step(s) of this `fit`; "
                 "StageScheduler needs it to run exactly once per step. Its "
                 "`step` counter counts training calls, and it places the "
                 "stage boundaries and draws the subsets, so the stages would "
@@ -396,13 +397,17 @@ class StageScheduler(keras.callbacks.Callback):
             print(message, flush=True)
         self._stage = stage
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._last_batch = batch
-
     def on_epoch_end(self, epoch, logs=None):
+        # No `on_train_batch_end` here: defining one would make Keras run
+        # every callback's batch hooks synchronously on JAX.
         if not self._calls_checked and self._stage is not None:
-            # An epoch of one step (or one execution): check it here.
-            self._check_one_call_per_step(self._last_batch + 1)
+            # No second batch began: the epoch ran one step, or one
+            # execution of up to `steps_per_execution` steps (fewer if the
+            # data ran out), so only an upper bound is known.
+            most = self._model.steps_per_execution or 1
+            if self.params.get("steps"):
+                most = min(most, self.params["steps"])
+            self._check_one_call_per_step(most, at_most=True)
         if logs is None or self._stage is None:
             return
         logs["keep_count"] = self._resolved.keep_counts[self._stage]
