@@ -340,19 +340,23 @@ def _e2e_worker(config):
             marks.append((s["steps"], time.perf_counter()))
 
     callbacks = [StageClock()]
+    scheduler = None
     if kind == "raptr":
-        callbacks.insert(0, keras_raptr.StageScheduler(
+        scheduler = keras_raptr.StageScheduler(
             config["schedule"], total_steps=s["steps"], verbose=0,
-            compile_ahead=config.get("compile_ahead", True)))
+            compile_ahead=config.get("compile_ahead", True))
+        callbacks.insert(0, scheduler)
     start = time.perf_counter()
     history = model.fit(data, labels, batch_size=s["batch"], epochs=1,
                         verbose=0, shuffle=False, callbacks=callbacks)
     total = time.perf_counter() - start
     stages = []
     tokens = s["batch"] * s["seq"]
-    for (begin, t0), (end, t1), first, keep in zip(
-            marks, marks[1:], first_steps, keeps):
+    compile_seconds = scheduler.compile_seconds if scheduler else {}
+    for number, ((begin, t0), (end, t1), first, keep) in enumerate(zip(
+            marks, marks[1:], first_steps, keeps), start=1):
         stages.append(dict(keep=keep if kind == "raptr" else s["layers"],
+                           compile_s=compile_seconds.get(number),
                            steps=end - begin, seconds=t1 - t0,
                            first_step_s=first - t0,
                            tokens_per_s=(end - begin) * tokens / (t1 - t0),
@@ -373,8 +377,9 @@ def end_to_end(args):
     print(f"End to end: L={layers}, schedule {schedule} over {steps} steps, "
           f"batch {size['batch']} x seq {size['seq']}\n")
     print("| backend | method | stage (k of L) | steps | wall s | first step "
-          "s (incl. compile) | tokens/s | tokens/s after the first step |")
-    print("|---|---|---|---|---|---|---|---|")
+          "s (incl. compile) | step compile s (StageScheduler) | tokens/s | "
+          "tokens/s after the first step |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = []
     for backend in args.backends.split(","):
         # Keras' default: XLA for JAX, tf.function for TF on CPU, eager torch.
@@ -400,14 +405,19 @@ def end_to_end(args):
             steady[method] = sum(
                 st["seconds"] - st["first_step_s"] for st in r["stages"])
             for stage in r["stages"]:
+                compiled = stage["compile_s"]
+                compiled = "-" if compiled is None else f"{compiled:.1f}"
                 print(f"| {backend} ({variant}) | {method} | {stage['keep']} "
                       f"of {layers} | {stage['steps']} | "
                       f"{stage['seconds']:.1f} | {stage['first_step_s']:.1f} | "
-                      f"{stage['tokens_per_s']:.0f} | "
+                      f"{compiled} | {stage['tokens_per_s']:.0f} | "
                       f"{stage['steady_tokens_per_s']:.0f} |")
             first = sum(st["first_step_s"] for st in r["stages"])
+            compiled = [st["compile_s"] for st in r["stages"]]
+            compiled = ("-" if None in compiled
+                        else f"{sum(compiled):.1f}")
             print(f"| {backend} ({variant}) | {method} | total | {steps} | "
-                  f"{r['total_s']:.1f} | {first:.1f} | "
+                  f"{r['total_s']:.1f} | {first:.1f} | {compiled} | "
                   f"{steps * size['batch'] * size['seq'] / r['total_s']:.0f} "
                   f"| - |")
         for method in methods:

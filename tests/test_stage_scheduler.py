@@ -377,13 +377,59 @@ def test_verbose_announces_each_stage_once(capsys):
     lines = [
         line
         for line in capsys.readouterr().out.splitlines()
-        if "StageScheduler" in line
+        if "StageScheduler" in line and "keep_count=" in line
     ]
     assert lines == [
         "StageScheduler: stage 1/3 at step 0: keep_count=2 of 6 blocks",
         "StageScheduler: stage 2/3 at step 3: keep_count=4 of 6 blocks",
         "StageScheduler: stage 3/3 at step 6: keep_count=6 of 6 blocks",
     ]
+
+
+@pytest.mark.parametrize("compile_ahead", [True, False])
+def test_compile_time_is_reported_once_per_compiled_stage(
+    capsys, compile_ahead
+):
+    """Every stage whose step `fit` compiles reports how long that took,
+    once; a later `fit` that reuses the compiled steps reports nothing, and
+    torch eager (nothing compiled) never reports."""
+    model, stack, blocks = fresh_model()
+    x, y = data(32)  # 4 steps per epoch
+    scheduler = keras_raptr.StageScheduler(
+        [(2, 3), (4, 3), (6, None)], compile_ahead=compile_ahead
+    )
+    _fit(model, x, y, [scheduler], epochs=3)
+    out = capsys.readouterr().out
+    reports = [
+        line for line in out.splitlines() if ": training step " in line
+    ]
+    compiled = keras.config.backend() != "torch"
+    if not compiled:
+        assert scheduler.compile_seconds == {}
+        assert reports == []
+        return
+    seconds = scheduler.compile_seconds
+    assert sorted(seconds) == [1, 2, 3]
+    assert all(0 < value < 600 for value in seconds.values())
+    ahead = compile_ahead and keras.config.backend() == "jax"
+    expected = []
+    for stage in (1, 2, 3):
+        how = (
+            "compiled ahead, on a background thread,"
+            if ahead and stage > 1
+            else "traced and compiled at its first call"
+        )
+        expected.append(
+            f"StageScheduler: stage {stage}/3: training step {how} in "
+            f"{seconds[stage]:.2f} s"
+        )
+    assert reports == expected
+
+    again = keras_raptr.StageScheduler(
+        [(2, 3), (4, 3), (6, None)], verbose=0
+    )
+    _fit(model, x, y, [again], epochs=3)
+    assert again.compile_seconds == {}
 
 
 def test_verbose_epoch_unit_and_silence(capsys):

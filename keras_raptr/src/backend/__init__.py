@@ -22,6 +22,8 @@ returns the jitted step (`jax.TracedStep`), which `StageScheduler` compiles
 ahead of its stage on a background thread; elsewhere `None`.
 `trace_for_keep_count()` says whether a step traced for a known keep count
 should run the straight-line path for it (see RandomPartStack._run_gathered).
+`compiles_train_step(model)` says whether `fit` traces and compiles the
+model's training step (so a new stage's step has a compile time to report).
 """
 
 import keras
@@ -29,14 +31,17 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
+    from keras_raptr.src.backend.jax import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.jax import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
     from keras_raptr.src.backend.jax import trace_for_keep_count  # noqa: F401
 elif _BACKEND == "torch":
+    from keras_raptr.src.backend.torch import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.torch import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
     from keras_raptr.src.backend.torch import trace_for_keep_count  # noqa: F401
 else:
+    from keras_raptr.src.backend.tensorflow import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.tensorflow import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401
     from keras_raptr.src.backend.tensorflow import trace_for_keep_count  # noqa: F401

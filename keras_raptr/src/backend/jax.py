@@ -5,6 +5,7 @@ and compiling the next stage's step ahead, on a background thread.
 
 import contextlib
 import threading
+import time
 
 import jax
 import numpy as np
@@ -28,6 +29,8 @@ class TracedStep:
     def __init__(self, jitted):
         self.jitted = jitted
         self.example_args = None
+        # Seconds the background compile took (`compile_in_background`).
+        self.compile_seconds = None
         self._compiling = None  # the background compile's thread, if any
 
     def __call__(self, *args, **kwargs):
@@ -51,10 +54,13 @@ class TracedStep:
         args, kwargs = example_args
 
         def compile_step():
+            start = time.perf_counter()
             try:
                 self.jitted.lower(*args, **kwargs).compile()
             except Exception as error:  # `wait_for_compile` returns it
                 thread.error = error
+            else:
+                self.compile_seconds = time.perf_counter() - start
 
         thread = threading.Thread(
             target=compile_step, name="keras_raptr-compile-ahead", daemon=True
@@ -153,3 +159,9 @@ def trace_for_keep_count():
     """Whether a step traced for a known keep count should use it (the
     straight-line gathered path): yes, compiled steps are traced here."""
     return True
+
+
+def compiles_train_step(model):
+    """Whether `fit` jits the training step (Keras: `jit_compile`, the
+    default on JAX, and not `run_eagerly`)."""
+    return bool(model.jit_compile) and not model.run_eagerly

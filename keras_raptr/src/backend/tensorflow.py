@@ -26,3 +26,9 @@ def trace_for_keep_count():
     """Whether a step traced for a known keep count should use it (the
     straight-line gathered path): yes, compiled steps are traced here."""
     return True
+
+
+def compiles_train_step(model):
+    """Whether `fit` traces the training step into a `tf.function` (with or
+    without XLA): whenever it does not run eagerly."""
+    return not model.run_eagerly

@@ -73,3 +73,9 @@ def trace_for_keep_count():
     the graph free of data-dependent branches.
     """
     return torch.compiler.is_compiling()
+
+
+def compiles_train_step(model):
+    """Whether `fit` compiles the training step (`torch.compile`, with
+    `jit_compile=True`); eager steps compile nothing."""
+    return bool(model.jit_compile) and not model.run_eagerly

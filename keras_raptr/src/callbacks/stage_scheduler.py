@@ -1,4 +1,5 @@
 import logging
+import time
 import warnings
 
 import keras
@@ -40,6 +41,23 @@ def find_stacks(model, layer_name=None):
     return stacks
 
 
+class _TimedFirstCall:
+    """A stage's newly built training function; times its first call, which
+    traces and compiles the step (on TensorFlow it also runs it)."""
+
+    def __init__(self, function):
+        self.function = function
+        self.seconds = None
+
+    def __call__(self, *args, **kwargs):
+        if self.seconds is not None:
+            return self.function(*args, **kwargs)
+        start = time.perf_counter()
+        outputs = self.function(*args, **kwargs)
+        self.seconds = time.perf_counter() - start
+        return outputs
+
+
 @raptr_export("keras_raptr.callbacks.StageScheduler")
 class StageScheduler(keras.callbacks.Callback):
     """Moves the model's `RandomPartStack` layers through RaPTr stages.
@@ -59,7 +77,10 @@ class StageScheduler(keras.callbacks.Callback):
     `block_flops_saved` (the fraction of block FLOPs saved so far by the
     schedule, against running every block at every step) into `logs`, so
     `History`, `CSVLogger` and `TensorBoard` record them; place it before
-    those callbacks in the `callbacks` list.
+    those callbacks in the `callbacks` list. Where `fit` compiles the
+    training step (JAX, TensorFlow, `torch.compile`), the time each stage's
+    new step took to trace and compile is printed (with `verbose=1`) and
+    kept in `compile_seconds`.
 
     Args:
         schedule: the stages. A string of keep counts joined by `-`, e.g.
@@ -84,8 +105,8 @@ class StageScheduler(keras.callbacks.Callback):
             on a background thread while the current stage trains, so that
             a stage starts without waiting for its compile. Defaults to
             `True`. Other backends trace each stage when it starts.
-        verbose: int. `1` logs (at INFO level, and prints) each stage change.
-            Defaults to `1`.
+        verbose: int. `1` logs (at INFO level, and prints) each stage change
+            and each stage's compile time. Defaults to `1`.
 
     Example:
 
@@ -154,6 +175,10 @@ class StageScheduler(keras.callbacks.Callback):
         # step while it waits for the current one's arguments to compile.
         self._current_step = None
         self._next_step = None
+        # A stage whose new step has not been timed yet: (stage, function,
+        # step); and the times measured, by stage number.
+        self._unreported = None
+        self._compile_seconds = {}
 
     # -- set-up ---------------------------------------------------------
 
@@ -244,7 +269,10 @@ class StageScheduler(keras.callbacks.Callback):
             step = backend.retrace_train_function(
                 model, bind=lambda: tracing_keep_count(stacks, keep_count)
             )
-            cache[key] = (model.train_function, step)
+            function = model.train_function
+            if backend.compiles_train_step(model):
+                function = _TimedFirstCall(function)
+            cache[key] = (function, step)
             model.train_function = current
         return cache[key]
 
@@ -256,15 +284,41 @@ class StageScheduler(keras.callbacks.Callback):
         keys = {stack._trace_key(keep_count) for stack in self._stacks}
         return None if keys == {None} else keep_count
 
-    def _use_train_function_for(self, model, keep_count):
+    def _use_train_function_for(self, model, keep_count, stage):
         """Points `model.train_function` at a step traced for `keep_count`."""
         self._current_step = None
+        self._unreported = None
         if model.train_function is None:
             return  # fit has not built its step yet; it will trace anew
         function, step = self._train_function_for(model, keep_count)
         self._wait_for_compile(step, keep_count)
         model.train_function = function
         self._current_step = step
+        if isinstance(function, _TimedFirstCall) and function.seconds is None:
+            self._unreported = (stage, function, step)
+
+    def _report_compile(self):
+        """Records (and with `verbose`, prints) the compile time of the
+        current stage's new step, once its first call has returned."""
+        stage, function, step = self._unreported
+        if function.seconds is None:
+            return
+        self._unreported = None
+        ahead = getattr(step, "compile_seconds", None)
+        seconds = function.seconds if ahead is None else ahead
+        self._compile_seconds[stage + 1] = seconds
+        if self.verbose:
+            how = (
+                "traced and compiled at its first call"
+                if ahead is None
+                else "compiled ahead, on a background thread,"
+            )
+            message = (
+                f"StageScheduler: stage {stage + 1}/{len(self._resolved)}: "
+                f"training step {how} in {seconds:.2f} s"
+            )
+            logger.info(message)
+            print(message, flush=True)
 
     def _prepare_next_stage(self, model, stage):
         """Builds the next stage's step, to be compiled ahead (JAX)."""
@@ -318,6 +372,8 @@ class StageScheduler(keras.callbacks.Callback):
         self._wait_for_every_compile()
 
     def on_train_end(self, logs=None):
+        if self._unreported is not None:
+            self._report_compile()
         self._wait_for_every_compile()
         self._next_step = None
         # Outside this callback's `fit`, nothing retraces the step when
@@ -361,6 +417,8 @@ class StageScheduler(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if not self._calls_checked and batch > 0:
             self._check_one_call_per_step(batch)
+        if self._unreported is not None:
+            self._report_compile()
         self._step = self._epoch_start_step + batch
         if self._next_step is not None:
             self._start_compile_ahead()
@@ -384,7 +442,7 @@ class StageScheduler(keras.callbacks.Callback):
         for stack in self._stacks:
             stack.set_keep_count(keep_count)
             stack._compiled_keep_count = traced
-        self._use_train_function_for(model, traced)
+        self._use_train_function_for(model, traced, stage)
         self._prepare_next_stage(model, stage)
         if self.verbose:
             where = "epoch" if self.unit == "epochs" else "step"
@@ -400,6 +458,8 @@ class StageScheduler(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # No `on_train_batch_end` here: defining one would make Keras run
         # every callback's batch hooks synchronously on JAX.
+        if self._unreported is not None:
+            self._report_compile()
         if not self._calls_checked and self._stage is not None:
             # No second batch began: the epoch ran one step, or one
             # execution of up to `steps_per_execution` steps (fewer if the
@@ -419,6 +479,20 @@ class StageScheduler(keras.callbacks.Callback):
         logs["block_flops_saved"] = 1.0 - mean / self._num_blocks
 
     # -- introspection --------------------------------------------------
+
+    @property
+    def compile_seconds(self):
+        """Seconds each stage's training step took to trace and compile, by
+        stage number (1-based), for the stages this scheduler compiled.
+
+        Measured around the step's first call (on TensorFlow that call also
+        runs the step; on JAX it only dispatches it), or around the
+        background compile where the step was compiled ahead (JAX). Stages
+        that reuse a step compiled before (an earlier `fit` of the same
+        compiled model, or a step shared by several stages) and steps that
+        are not compiled (torch eager, `run_eagerly=True`) have no entry.
+        """
+        return dict(self._compile_seconds)
 
     @property
     def current_keep_count(self):
