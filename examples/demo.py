@@ -62,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default="raptr,baseline",
                         help="comma-separated subset of raptr,baseline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile-ahead", action="store_true",
+                        help="StageScheduler(compile_ahead=False): prepare "
+                        "each stage's step when the stage starts")
     parser.add_argument("--text-file", default=None,
                         help="JSON-lines documents to use instead of the "
                         "cached corpus")
@@ -283,7 +286,8 @@ class Run:
         self.scheduler = None
         if self.raptr:
             self.scheduler = keras_raptr.StageScheduler(
-                args.schedule, total_steps=args.steps, verbose=0
+                args.schedule, total_steps=args.steps, verbose=0,
+                compile_ahead=not args.no_compile_ahead,
             )
         self.progress = make_progress(bar, method)(self.scheduler)
         self.curve, self.train_curve = [], []

@@ -61,5 +61,6 @@ def test_data_parallel_two_devices_match_reference():
         result["True"], reference_counts(6, (0, 5), [2] * 4 + [4] * 3 + [6] * 3)
     )
     assert result["warnings"] == []
-    if BACKEND == "jax":
-        assert result["traced_ahead"] > 0
+    # Stages 2 and 3 of the scheduled run were prepared ahead (JAX: traced
+    # and compiled for the sharded arguments; TF: traced under the strategy).
+    assert result["traced_ahead"] > 0

@@ -17,9 +17,10 @@ trainable weights receive a zero gradient on every backend.
 
 `retrace_train_function(model, bind)` rebuilds the model's training function
 so the next step is traced again (used when a stage changes the traced keep
-count); `bind()` gives a context entered while the step is traced. On JAX it
-returns the jitted step (`jax.TracedStep`), which `StageScheduler` compiles
-ahead of its stage on a background thread; elsewhere `None`.
+count); `bind()` gives a context entered while the step is traced. On JAX
+and TensorFlow it returns the new step (a `common.StepAhead`), which
+`StageScheduler` compiles (JAX) or traces (TensorFlow) ahead of its stage on
+a background thread; on torch `None`.
 `trace_for_keep_count()` says whether a step traced for a known keep count
 should run the straight-line path for it (see RandomPartStack._run_gathered).
 `compiles_train_step(model)` says whether `fit` traces and compiles the

@@ -1,5 +1,9 @@
 """Helpers shared by the backend implementations and the layer."""
 
+import contextlib
+import threading
+import time
+
 from keras import ops
 
 # Keras keeps the mask of a tensor in this private attribute store; KerasHub
@@ -82,3 +86,91 @@ def run_blocks_with_cond(x, blocks, free_index, mask, call_kwargs, post):
         else:
             x = _run_free_block(mask[index], block, x, call_kwargs, post)
     return x
+
+
+class StepAhead:
+    """A stage's training step that can be traced (JAX: and compiled) ahead
+    of its stage, on a background thread.
+
+    Records example arguments at its first call (`record`), so that another
+    stage's step can be prepared for the same arguments before it is needed
+    (`StageScheduler(compile_ahead=True)`). Subclasses define `_prepare`,
+    which traces (and compiles) the step for example arguments, putting the
+    result in the cache its real first call looks in.
+    """
+
+    def __init__(self):
+        self.example_args = None
+        # Seconds the background work took (`compile_in_background`).
+        self.compile_seconds = None
+        self._compiling = None  # the background thread, if any
+
+    def _prepare(self, example_args):
+        raise NotImplementedError
+
+    @property
+    def compiled_or_compiling(self):
+        """Whether this step has run (so it is compiled) or is compiling."""
+        return self.example_args is not None or self._compiling is not None
+
+    def compile_in_background(self, example_args):
+        """Starts `_prepare(example_args)` on a thread; `wait_for_compile`
+        joins it."""
+
+        def prepare():
+            start = time.perf_counter()
+            try:
+                self._prepare(example_args)
+            except Exception as error:  # `wait_for_compile` returns it
+                thread.error = error
+            else:
+                self.compile_seconds = time.perf_counter() - start
+
+        thread = threading.Thread(
+            target=prepare, name="keras_raptr-compile-ahead", daemon=True
+        )
+        thread.error = None
+        self._compiling = thread
+        thread.start()
+
+    def wait_for_compile(self):
+        """Waits for a background compile, if one was started.
+
+        Returns the exception it raised, or `None`. After a failure the step
+        is traced and compiled at its first call, as it would have anyway.
+        """
+        thread, self._compiling = self._compiling, None
+        if thread is None:
+            return None
+        thread.join()
+        return thread.error
+
+
+def make_bound_train_function(model, bind, lock=None, around=None):
+    """`model.make_train_function(force=True)`, with every trace of the new
+    step entering `bind()` (which binds it to its stage's keep count).
+
+    `model.train_step` is replaced by a wrapper while the function is made;
+    the trainer captures the wrapper, which runs only while the step is
+    traced. `lock`, if given, is held during those traces. `around()`, if
+    given, is a context entered while the function is made.
+    """
+    own = model.__dict__.get("train_step")
+    base = own if own is not None else getattr(type(model), "train_step")
+
+    def train_step(*args, **kwargs):
+        context = bind() if bind is not None else contextlib.nullcontext()
+        with lock or contextlib.nullcontext(), context:
+            if own is not None:
+                return own(*args, **kwargs)
+            return base(model, *args, **kwargs)
+
+    model.train_step = train_step
+    try:
+        with around() if around is not None else contextlib.nullcontext():
+            model.make_train_function(force=True)
+    finally:
+        if own is None:
+            del model.train_step
+        else:
+            model.train_step = own

@@ -5,11 +5,12 @@ and compiling the next stage's step ahead, on a background thread.
 
 import contextlib
 import threading
-import time
 
 import jax
 import numpy as np
 
+from keras_raptr.src.backend.common import StepAhead
+from keras_raptr.src.backend.common import make_bound_train_function
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 
 # Python tracing of training steps is serialized: Keras layers keep some
@@ -18,68 +19,27 @@ from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  #
 _TRACE_LOCK = threading.Lock()
 
 
-class TracedStep:
+class TracedStep(StepAhead):
     """The jitted training step of one stage.
 
     Records the abstract arguments (shapes, dtypes, shardings) of its first
-    call, so that another stage's step can be compiled for the same
-    arguments before it is needed (`compile_ahead`).
+    call; compiling ahead lowers and compiles the jitted step for them, which
+    puts the executable in its cache, so the first real call with arguments
+    like them starts without compiling.
     """
 
     def __init__(self, jitted):
+        super().__init__()
         self.jitted = jitted
-        self.example_args = None
-        # Seconds the background compile took (`compile_in_background`).
-        self.compile_seconds = None
-        self._compiling = None  # the background compile's thread, if any
 
     def __call__(self, *args, **kwargs):
         if self.example_args is None:
             self.example_args = jax.tree.map(_abstract, (args, kwargs))
         return self.jitted(*args, **kwargs)
 
-    @property
-    def compiled_or_compiling(self):
-        """Whether this step has run (so it is compiled) or is compiling."""
-        return self.example_args is not None or self._compiling is not None
-
-    def compile_in_background(self, example_args):
-        """Starts tracing and compiling this step for `example_args` on a
-        thread.
-
-        The executable lands in the jitted step's cache, so the first real
-        call with arguments like `example_args` starts without compiling.
-        `wait_for_compile` joins the thread.
-        """
+    def _prepare(self, example_args):
         args, kwargs = example_args
-
-        def compile_step():
-            start = time.perf_counter()
-            try:
-                self.jitted.lower(*args, **kwargs).compile()
-            except Exception as error:  # `wait_for_compile` returns it
-                thread.error = error
-            else:
-                self.compile_seconds = time.perf_counter() - start
-
-        thread = threading.Thread(
-            target=compile_step, name="keras_raptr-compile-ahead", daemon=True
-        )
-        thread.error = None
-        self._compiling = thread
-        thread.start()
-
-    def wait_for_compile(self):
-        """Waits for a background compile, if one was started.
-
-        Returns the exception it raised, or `None`. After a failure the step
-        compiles on its first call, as it would have anyway.
-        """
-        thread, self._compiling = self._compiling, None
-        if thread is None:
-            return None
-        thread.join()
-        return thread.error
+        self.jitted.lower(*args, **kwargs).compile()
 
 
 def _abstract(value):
@@ -131,27 +91,10 @@ def retrace_train_function(model, bind=None):
     Returns the new jitted step as a `TracedStep`, or `None` when the step
     is not jitted (`run_eagerly`, `jit_compile=False`).
     """
-    own = model.__dict__.get("train_step")
-    base = own if own is not None else getattr(type(model), "train_step")
-
-    def train_step(*args, **kwargs):
-        # Runs only while `jax.jit` traces the step.
-        context = bind() if bind is not None else contextlib.nullcontext()
-        with _TRACE_LOCK, context:
-            if own is not None:
-                return own(*args, **kwargs)
-            return base(model, *args, **kwargs)
-
-    model.train_step = train_step
     steps = []
-    try:
-        with _recording_jit(steps):
-            model.make_train_function(force=True)
-    finally:
-        if own is None:
-            del model.train_step
-        else:
-            model.train_step = own
+    make_bound_train_function(
+        model, bind, lock=_TRACE_LOCK, around=lambda: _recording_jit(steps)
+    )
     return steps[-1] if steps else None
 
 

@@ -101,10 +101,12 @@ class StageScheduler(keras.callbacks.Callback):
             before. Defaults to `False`.
         allow_partial_final: bool. Allow a last stage that does not run all
             blocks. Defaults to `False`: RaPTr ends on the full model.
-        compile_ahead: bool. On JAX, compile the next stage's training step
-            on a background thread while the current stage trains, so that
-            a stage starts without waiting for its compile. Defaults to
-            `True`. Other backends trace each stage when it starts.
+        compile_ahead: bool. Prepare the next stage's training step on a
+            background thread while the current stage trains, so that a
+            stage starts without waiting for it: on JAX the whole compile,
+            on TensorFlow the Python trace (the graph is still built at the
+            stage's first step). Defaults to `True`. Torch has nothing to
+            prepare.
         verbose: int. `1` logs (at INFO level, and prints) each stage change
             and each stage's compile time. Defaults to `1`.
 
@@ -171,14 +173,17 @@ class StageScheduler(keras.callbacks.Callback):
         self._epoch_start_step = 0
         self._step = 0
         self._calls_checked = False
-        # The traced step of the current stage (JAX), and the next stage's
-        # step while it waits for the current one's arguments to compile.
+        # The traced step of the current stage (JAX, TensorFlow), and the
+        # next stage's step while it waits for the current one's arguments.
         self._current_step = None
         self._next_step = None
         # A stage whose new step has not been timed yet: (stage, function,
         # step); and the times measured, by stage number.
         self._unreported = None
         self._compile_seconds = {}
+        # Evaluation and prediction functions that ran to their end (traced).
+        self._completed = []
+        self._running = None
 
     # -- set-up ---------------------------------------------------------
 
@@ -238,7 +243,7 @@ class StageScheduler(keras.callbacks.Callback):
 
     def _train_function_for(self, model, keep_count):
         """The training function traced for `keep_count` (and its traced
-        step on JAX, else `None`), built once per model.
+        step on JAX and TensorFlow, else `None`), built once per model.
 
         Built functions are kept on the model, so calling `fit` again (e.g.
         once per epoch) reuses them instead of compiling again, until the
@@ -305,23 +310,22 @@ class StageScheduler(keras.callbacks.Callback):
             return
         self._unreported = None
         ahead = getattr(step, "compile_seconds", None)
-        seconds = function.seconds if ahead is None else ahead
+        seconds = function.seconds + (ahead or 0.0)
         self._compile_seconds[stage + 1] = seconds
         if self.verbose:
-            how = (
-                "traced and compiled at its first call"
-                if ahead is None
-                else "compiled ahead, on a background thread,"
-            )
             message = (
                 f"StageScheduler: stage {stage + 1}/{len(self._resolved)}: "
-                f"training step {how} in {seconds:.2f} s"
+                f"training step traced and compiled in {seconds:.2f} s"
             )
+            if ahead is not None:
+                message += (
+                    f" ({ahead:.2f} s of it ahead, on a background thread)"
+                )
             logger.info(message)
             print(message, flush=True)
 
     def _prepare_next_stage(self, model, stage):
-        """Builds the next stage's step, to be compiled ahead (JAX)."""
+        """Builds the next stage's step, to be prepared ahead."""
         self._next_step = None
         if (
             not self.compile_ahead
@@ -359,17 +363,38 @@ class StageScheduler(keras.callbacks.Callback):
 
     def _wait_for_every_compile(self):
         # Keras traces evaluation and other steps on the training thread;
-        # they wait so that no two traces of the model run at once.
+        # they wait so that no two traces of the model run at once (the
+        # background trace holds Python state of the model's layers).
         cache = self._model.__dict__.get("_raptr_train_functions", {})
         for key, (_, step) in cache.items():
             if step is not None:
                 self._wait_for_compile(step, key[0])
 
+    def _wait_before_tracing(self, function):
+        """Waits for background compiles before `evaluate` or `predict`
+        runs `function`, unless it has run to its end before: then it is
+        traced already, and waiting would only stall the evaluation (every
+        evaluation inside `fit` after the first)."""
+        if function is None or not any(function is f for f in self._completed):
+            self._wait_for_every_compile()
+        self._running = function
+
+    def _completed_run(self):
+        if self._running is not None:
+            self._completed.append(self._running)
+        self._running = None
+
     def on_test_begin(self, logs=None):
-        self._wait_for_every_compile()
+        self._wait_before_tracing(self._model.test_function)
+
+    def on_test_end(self, logs=None):
+        self._completed_run()
 
     def on_predict_begin(self, logs=None):
-        self._wait_for_every_compile()
+        self._wait_before_tracing(self._model.predict_function)
+
+    def on_predict_end(self, logs=None):
+        self._completed_run()
 
     def on_train_end(self, logs=None):
         if self._unreported is not None:
@@ -485,9 +510,10 @@ class StageScheduler(keras.callbacks.Callback):
         """Seconds each stage's training step took to trace and compile, by
         stage number (1-based), for the stages this scheduler compiled.
 
-        Measured around the step's first call (on TensorFlow that call also
-        runs the step; on JAX it only dispatches it), or around the
-        background compile where the step was compiled ahead (JAX). Stages
+        The time of the step's first call (on TensorFlow that call also
+        runs the step; on JAX it only dispatches it), plus that of the
+        background work where the step was prepared ahead (`compile_ahead`:
+        on JAX the whole compile, on TensorFlow the trace). Stages
         that reuse a step compiled before (an earlier `fit` of the same
         compiled model, or a step shared by several stages) and steps that
         are not compiled (torch eager, `run_eagerly=True`) have no entry.
