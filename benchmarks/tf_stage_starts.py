@@ -103,6 +103,9 @@ def main():
     scheduler = keras_raptr.StageScheduler(
         [(k, per) for k in KEEP_COUNTS[:-1]] + [(KEEP_COUNTS[-1], None)],
         verbose=0,
+        # Each stage traces at its start, as this probe measures (tracing
+        # ahead would move the trace into the stage before).
+        compile_ahead=False,
     )
     timer = StepTimes()
     profile = cProfile.Profile() if args.profile else None
