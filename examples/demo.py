@@ -238,19 +238,30 @@ def make_progress(bar, label):
             self.train_seconds = 0.0
             self.train_seconds_at_epoch_end = []
             self.in_epoch = False
+            # Held-out evaluation inside `fit` (validation), timed itself:
+            # `fit` can spend time outside both (on TensorFlow its tf.data
+            # teardown at return sometimes waits tens of seconds).
+            self.eval_seconds = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.perf_counter()
             self.in_epoch = True
 
-        def on_test_begin(self, logs=None):
+        def _end_epoch_training(self):
             if self.in_epoch:
                 self.train_seconds += time.perf_counter() - self.epoch_start
                 self.train_seconds_at_epoch_end.append(self.train_seconds)
                 self.in_epoch = False
 
+        def on_test_begin(self, logs=None):
+            self._end_epoch_training()
+            self.test_start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.eval_seconds += time.perf_counter() - self.test_start
+
         def on_epoch_end(self, epoch, logs=None):
-            self.on_test_begin()  # no validation in this epoch
+            self._end_epoch_training()  # no validation in this epoch
 
         def on_train_batch_begin(self, batch, logs=None):
             keep = None
@@ -325,8 +336,7 @@ class Run:
                      (first_epoch + evals_per_chunk) * interval * args.batch)
         callbacks = [c for c in (self.scheduler, self.progress)
                      if c is not None]
-        start = time.perf_counter()
-        train_before = self.progress.train_seconds
+        eval_before = self.progress.eval_seconds
         # One "epoch" per evaluation interval: with `steps_per_epoch` set the
         # numpy iterator carries on across the epochs of this call, and
         # Keras evaluates the held-out set at each epoch end.
@@ -339,10 +349,7 @@ class Run:
             validation_data=held, validation_batch_size=args.batch,
             verbose=0, callbacks=callbacks,
         )
-        elapsed = time.perf_counter() - start
-        self.eval_seconds += elapsed - (
-            self.progress.train_seconds - train_before
-        )
+        self.eval_seconds += self.progress.eval_seconds - eval_before
         h = history.history
         seconds = self.progress.train_seconds_at_epoch_end
         for i in range(evals_per_chunk):
