@@ -92,11 +92,11 @@ class StepAhead:
     """A stage's training step that can be traced (JAX: and compiled) ahead
     of its stage, on a background thread.
 
-    Records example arguments at its first call (`record`), so that another
+    Subclasses record `example_args` at their first call, so that another
     stage's step can be prepared for the same arguments before it is needed
-    (`StageScheduler(compile_ahead=True)`). Subclasses define `_prepare`,
-    which traces (and compiles) the step for example arguments, putting the
-    result in the cache its real first call looks in.
+    (`StageScheduler(compile_ahead=True)`), and define `_prepare`, which
+    traces (and compiles) the step for such arguments, putting the result
+    in the cache its real first call looks in.
     """
 
     def __init__(self):

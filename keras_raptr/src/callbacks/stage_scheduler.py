@@ -181,9 +181,10 @@ class StageScheduler(keras.callbacks.Callback):
         # step); and the times measured, by stage number.
         self._unreported = None
         self._compile_seconds = {}
-        # Evaluation and prediction functions that ran to their end (traced).
-        self._completed = []
-        self._running = None
+        # Evaluation and prediction functions that ran to their end (so are
+        # traced), and the one running for the first time, if any.
+        self._traced = []
+        self._tracing = None
 
     # -- set-up ---------------------------------------------------------
 
@@ -375,26 +376,27 @@ class StageScheduler(keras.callbacks.Callback):
         runs `function`, unless it has run to its end before: then it is
         traced already, and waiting would only stall the evaluation (every
         evaluation inside `fit` after the first)."""
-        if function is None or not any(function is f for f in self._completed):
-            self._wait_for_every_compile()
-        self._running = function
+        if function is not None and any(function is f for f in self._traced):
+            return
+        self._wait_for_every_compile()
+        self._tracing = function
 
-    def _completed_run(self):
-        if self._running is not None:
-            self._completed.append(self._running)
-        self._running = None
+    def _traced_if_completed(self):
+        if self._tracing is not None:
+            self._traced.append(self._tracing)
+        self._tracing = None
 
     def on_test_begin(self, logs=None):
         self._wait_before_tracing(self._model.test_function)
 
     def on_test_end(self, logs=None):
-        self._completed_run()
+        self._traced_if_completed()
 
     def on_predict_begin(self, logs=None):
         self._wait_before_tracing(self._model.predict_function)
 
     def on_predict_end(self, logs=None):
-        self._completed_run()
+        self._traced_if_completed()
 
     def on_train_end(self, logs=None):
         if self._unreported is not None:
