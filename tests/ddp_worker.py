@@ -4,7 +4,10 @@ loop as in the Keras multi-GPU guide for torch. Prints, as JSON, each rank's
 executions per block and a checksum of its weights. Started by
 tests/test_distributed.py.
 
-    KERAS_BACKEND=torch python tests/ddp_worker.py PORT
+    KERAS_BACKEND=torch python tests/ddp_worker.py STORE_FILE
+
+The ranks meet through a file store rather than a TCP port: a port probed
+free and then handed over can be taken by another process in between.
 """
 
 import json
@@ -15,7 +18,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(rank, world_size, port, queue):
+def run(rank, world_size, store_file, queue):
     import keras
     import numpy as np
     import torch
@@ -26,7 +29,7 @@ def run(rank, world_size, port, queue):
 
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        "gloo", init_method=f"file://{store_file}", rank=rank,
         world_size=world_size,
     )
     keras.utils.set_random_seed(0)  # the same initial weights on each rank
@@ -58,10 +61,10 @@ def run(rank, world_size, port, queue):
 def main():
     import torch.multiprocessing as mp
 
-    port = int(sys.argv[1])
+    store_file = sys.argv[1]
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    processes = [context.Process(target=run, args=(rank, 2, port, queue))
+    processes = [context.Process(target=run, args=(rank, 2, store_file, queue))
                  for rank in range(2)]
     for p in processes:
         p.start()

@@ -5,7 +5,6 @@ the single-device reference."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from tests.common import reference_counts
 BACKEND = keras.config.backend()
 
 
-def _run_worker(name, *args):
+def _run_worker(name, *args, with_stderr=False):
     worker = os.path.join(os.path.dirname(__file__), name)
     out = subprocess.run(
         [sys.executable, worker, *args],
@@ -31,16 +30,16 @@ def _run_worker(name, *args):
         line for line in out.stdout.splitlines() if line.startswith("RESULT ")
     ]
     assert lines, out.stderr[-3000:]
-    return json.loads(lines[0][len("RESULT "):])
+    result = json.loads(lines[0][len("RESULT "):])
+    return (result, out.stderr) if with_stderr else result
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch DDP")
-def test_torch_ddp_two_processes_agree():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = _run_worker("ddp_worker.py", str(port))
-    assert result["exitcodes"] == [0, 0]
+def test_torch_ddp_two_processes_agree(tmp_path):
+    result, stderr = _run_worker(
+        "ddp_worker.py", str(tmp_path / "store"), with_stderr=True
+    )
+    assert result["exitcodes"] == [0, 0], stderr[-3000:]
     (_, counts0, checksum0, _), (_, counts1, checksum1, _) = result["ranks"]
     expected = reference_counts(6, (0, 5), [4] * 10)
     np.testing.assert_array_equal(counts0, expected)
