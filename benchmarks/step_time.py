@@ -121,7 +121,19 @@ def _worker(config):
 
     s = config
     kind, keep = s["kind"], s["keep"]
-    model, data, labels = build_model(s, kind, keep, Traced)
+    dynamo = backend == "torch" and s["jit_compile"]
+    if dynamo:
+        # A Python counter in the step makes Dynamo guard on its value and
+        # compile again at every step; count Dynamo's graphs instead.
+        import torch
+
+        graphs = torch._dynamo.utils.counters["stats"]
+        model, data, labels = build_model(s, kind, keep)
+    else:
+        model, data, labels = build_model(s, kind, keep, Traced)
+
+    def trace_count():
+        return graphs["unique_graphs"] if dynamo else traces[0]
     callbacks = []
     if kind == "raptr":
         callbacks = [keras_raptr.StageScheduler(
@@ -136,7 +148,7 @@ def _worker(config):
     start = time.perf_counter()
     fit(s["warmup"])
     compile_s = time.perf_counter() - start
-    traces_after_warmup = traces[0]
+    traces_after_warmup = trace_count()
     times, cpu_times = [], []
     for _ in range(s["reps"]):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -163,7 +175,7 @@ def _worker(config):
         ms_min=1000 * float(np.min(times)),
         cpu_ms=1000 * float(np.median(cpu_times)),
         peak_mb=peak_mb,
-        retraces=traces[0] - traces_after_warmup,
+        retraces=trace_count() - traces_after_warmup,
         compile_s=compile_s,
         device=_device_name(backend),
     )

@@ -710,3 +710,56 @@ def test_the_keras_mask_reaches_every_block(kind, path, monkeypatch):
     np.testing.assert_allclose(
         ops.convert_to_numpy(evaluated), plain(blocks), atol=1e-5
     )
+
+
+class _UntracedCountingBlock(CountingBlock):
+    """`CountingBlock` without its Python-side `traces` counter: Dynamo
+    guards on a Python attribute the step changes, and compiles the step
+    again at every call (until its recompile limit sends it to eager)."""
+
+    def call(self, x, training=None):
+        self.count.assign_add(1)
+        return x + self.drop(self.dense(x), training=training)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+def test_torch_compile_traces_the_stack_without_a_graph_break():
+    # Dynamo abandons a frame it cannot trace (e.g. a NumPy constant's
+    # conversion) to eager execution: the stack would then run its
+    # run-time path uncompiled, every step.
+    import torch
+
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    blocks = [_UntracedCountingBlock(dropout=0.1) for _ in range(6)]
+    inputs = keras.Input((4,))
+    stack = keras_raptr.RandomPartStack(blocks)
+    model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+    # AdamW: Keras' torch SGD has data-dependent breaks of its own.
+    model.compile("adamw", "mse", jit_compile=True)
+    x, y = data(48)
+    scheduler = keras_raptr.StageScheduler("2-4-6", verbose=0)
+    graphs = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: graphs.append(
+            counters["stats"]["unique_graphs"]
+        )
+    )
+    model.fit(
+        x, y, batch_size=8, epochs=3, verbose=0, callbacks=[scheduler, record]
+    )
+    # Keras' own torch training step breaks the graph at `loss.backward()`
+    # (a plain Keras model does too); the stack adds no break of its own.
+    breaks = [reason.splitlines()[0] for reason in counters["graph_break"]]
+    assert breaks == ["Unsupported Tensor.backward() call"], breaks
+    # Each stage compiles at its first step and never again; the first
+    # stage also at its second (Keras builds the optimizer's variables in
+    # the first step, as for any model).
+    assert graphs[0] < graphs[1] == graphs[5], graphs
+    for start in (6, 12):
+        assert graphs[start - 1] < graphs[start], graphs
+        assert graphs[start : start + 6] == [graphs[start]] * 6, graphs
+    assert sorted(scheduler.compile_seconds) == [1, 2, 3]
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, (0, 5), [2] * 6 + [4] * 6 + [6] * 6)
+    )

@@ -2,7 +2,6 @@ import contextlib
 import threading
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_raptr.src import backend
@@ -222,10 +221,11 @@ class RandomPartStack(keras.layers.Layer):
         while tail < num_blocks - head and num_blocks - 1 - tail in fixed:
             tail += 1
         self._head, self._tail = head, tail
-        self._middle_free = np.array(self._free, dtype="int32") - head
-        self._middle_fixed = np.array(
-            [i - head for i in fixed if head <= i < num_blocks - tail],
-            dtype="int32",
+        # Constants of the traced step are tuples of Python ints, never
+        # NumPy arrays: `torch.compile` cannot trace their conversion.
+        self._middle_free = tuple(i - head for i in self._free)
+        self._middle_fixed = tuple(
+            i - head for i in fixed if head <= i < num_blocks - tail
         )
         # Set by StageScheduler while it drives `fit` (it rebuilds the train
         # function whenever it changes this): the keep count the training
@@ -234,7 +234,7 @@ class RandomPartStack(keras.layers.Layer):
         self._homogeneous = None  # decided at the first training call
         self._shared = None  # likewise
         self._seed_int32 = sampler.seed_hash(self.seed)
-        self._offsets = sampler.index_offsets(len(self._free))
+        self._offsets = tuple(sampler.index_offsets(len(self._free)).tolist())
         self.keep_count = self.add_weight(
             name="keep_count",
             shape=(),
@@ -431,10 +431,13 @@ class RandomPartStack(keras.layers.Layer):
         free_kept = sampler.keep_mask(hashes, num_free_kept, "exact", None)
         # The kept blocks as a mask over the middle (every free block is in
         # it), then their positions in order: one per slot.
-        free_to_middle = np.zeros((len(self._free), len(middle)), dtype=bool)
-        free_to_middle[np.arange(len(self._free)), self._middle_free] = True
-        fixed_flags = np.zeros(len(middle), dtype=bool)
-        fixed_flags[self._middle_fixed] = True
+        free_to_middle = ops.convert_to_tensor(
+            [[m == i for m in range(len(middle))] for i in self._middle_free],
+            "bool",
+        )
+        fixed_flags = ops.convert_to_tensor(
+            [m in self._middle_fixed for m in range(len(middle))], "bool"
+        )
         in_middle = ops.any(
             ops.logical_and(ops.expand_dims(free_kept, 1), free_to_middle),
             axis=0,

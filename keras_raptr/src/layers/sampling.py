@@ -20,6 +20,17 @@ _MUL2 = np.uint32(0xC2B2AE35).view(np.int32).item()
 _GOLDEN = np.uint32(0x9E3779B9)
 
 
+def _lower_triangle(count, dtype):
+    """`[i, j] = j < i` as a `count` x `count` tensor.
+
+    Built from Python lists, not NumPy: under `torch.compile`, Dynamo
+    cannot trace Keras' conversion of an ndarray (it reads `ndarray.dtype`)
+    and abandons the whole frame, the stack's call, to eager execution.
+    """
+    rows = [[j < i for j in range(count)] for i in range(count)]
+    return ops.convert_to_tensor(rows, dtype)
+
+
 def _logical_right_shift(h, bits):
     # int32 `>>` is arithmetic on every backend; mask off the sign copies.
     return ops.bitwise_and(ops.right_shift(h, bits), (1 << (32 - bits)) - 1)
@@ -51,7 +62,8 @@ def seed_hash(seed):
 
 
 def index_offsets(count):
-    """Per-block offsets `i * golden_ratio (mod 2**32)`, as int32."""
+    """Per-block offsets `i * golden_ratio (mod 2**32)`, as int32 (NumPy;
+    a stack holds them as a list of Python ints, see `_lower_triangle`)."""
     with np.errstate(over="ignore"):
         offsets = np.arange(count, dtype=np.uint32) * _GOLDEN
     return offsets.view(np.int32)
@@ -89,7 +101,7 @@ def ranks(scores):
     count = scores.shape[-1]
     row = ops.expand_dims(scores, -1)  # score i
     column = ops.expand_dims(scores, -2)  # score j
-    index_before = np.tril(np.ones((count, count), dtype=bool), k=-1)
+    index_before = _lower_triangle(count, "bool")
     before = ops.logical_or(
         ops.less(column, row),
         ops.logical_and(ops.equal(column, row), index_before),
@@ -119,11 +131,13 @@ def kept_positions(mask, num_kept):
     """
     count = mask.shape[0]
     flags = ops.cast(mask, "int32")
-    index_before = np.tril(np.ones((count, count), dtype="int32"), k=-1)
+    index_before = _lower_triangle(count, "int32")
     trues_before = ops.sum(ops.multiply(index_before, flags), axis=1)
-    slots = np.arange(num_kept, dtype="int32")[:, None]
+    slots = ops.expand_dims(
+        ops.convert_to_tensor(list(range(num_kept)), "int32"), 1
+    )
     picks = ops.logical_and(ops.equal(trues_before, slots), mask)
-    positions = np.arange(count, dtype="int32")
+    positions = ops.convert_to_tensor(list(range(count)), "int32")
     return ops.sum(ops.multiply(ops.cast(picks, "int32"), positions), axis=1)
 
 
