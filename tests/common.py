@@ -11,14 +11,14 @@ from keras_raptr.src.layers import sampling
 class CountingBlock(keras.layers.Layer):
     """`x + dropout(dense(x))`; counts its executions in a variable.
 
-    `traces` counts Python-level calls: in compiled training it stays flat
-    once the step function is traced.
+    It keeps no Python-side state: under `torch.compile`, Dynamo guards on
+    a Python attribute the step changes and would compile again at every
+    step (then give up and run eagerly at its recompile limit).
     """
 
     def __init__(self, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.dropout = dropout
-        self.traces = 0
 
     def build(self, input_shape):
         self.dense = keras.layers.Dense(input_shape[-1], name="dense")
@@ -33,7 +33,6 @@ class CountingBlock(keras.layers.Layer):
         )
 
     def call(self, x, training=None, offset=None):
-        self.traces += 1
         self.count.assign_add(1)
         y = self.drop(self.dense(x), training=training)
         if offset is not None:

@@ -712,16 +712,6 @@ def test_the_keras_mask_reaches_every_block(kind, path, monkeypatch):
     )
 
 
-class _UntracedCountingBlock(CountingBlock):
-    """`CountingBlock` without its Python-side `traces` counter: Dynamo
-    guards on a Python attribute the step changes, and compiles the step
-    again at every call (until its recompile limit sends it to eager)."""
-
-    def call(self, x, training=None):
-        self.count.assign_add(1)
-        return x + self.drop(self.dense(x), training=training)
-
-
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
 def test_torch_compile_traces_the_stack_without_a_graph_break():
     # Dynamo abandons a frame it cannot trace (e.g. a NumPy constant's
@@ -731,10 +721,7 @@ def test_torch_compile_traces_the_stack_without_a_graph_break():
 
     counters = torch._dynamo.utils.counters
     counters.clear()
-    blocks = [_UntracedCountingBlock(dropout=0.1) for _ in range(6)]
-    inputs = keras.Input((4,))
-    stack = keras_raptr.RandomPartStack(blocks)
-    model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
+    model, stack, blocks = make_model(num_blocks=6, dropout=0.1)
     # AdamW: Keras' torch SGD has data-dependent breaks of its own.
     model.compile("adamw", "mse", jit_compile=True)
     x, y = data(48)
