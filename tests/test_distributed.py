@@ -17,7 +17,7 @@ from tests.common import reference_counts
 BACKEND = keras.config.backend()
 
 
-def _run_worker(name, *args, with_stderr=False):
+def _run_worker(name, *args):
     worker = os.path.join(os.path.dirname(__file__), name)
     out = subprocess.run(
         [sys.executable, worker, *args],
@@ -31,15 +31,13 @@ def _run_worker(name, *args, with_stderr=False):
     ]
     assert lines, out.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])
-    return (result, out.stderr) if with_stderr else result
+    return {**result, "stderr": out.stderr[-3000:]}
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch DDP")
 def test_torch_ddp_two_processes_agree(tmp_path):
-    result, stderr = _run_worker(
-        "ddp_worker.py", str(tmp_path / "store"), with_stderr=True
-    )
-    assert result["exitcodes"] == [0, 0], stderr[-3000:]
+    result = _run_worker("ddp_worker.py", str(tmp_path / "store"))
+    assert result["exitcodes"] == [0, 0], result["stderr"]
     (_, counts0, checksum0, _), (_, counts1, checksum1, _) = result["ranks"]
     expected = reference_counts(6, (0, 5), [4] * 10)
     np.testing.assert_array_equal(counts0, expected)

@@ -63,7 +63,7 @@ def seed_hash(seed):
 
 def index_offsets(count):
     """Per-block offsets `i * golden_ratio (mod 2**32)`, as int32 (NumPy;
-    a stack holds them as a list of Python ints, see `_lower_triangle`)."""
+    a stack holds them as a tuple of Python ints, see `_lower_triangle`)."""
     with np.errstate(over="ignore"):
         offsets = np.arange(count, dtype=np.uint32) * _GOLDEN
     return offsets.view(np.int32)
