@@ -308,10 +308,15 @@ baseline, baseline_log, baseline_result = train(raptr=False)
 raptr_model, raptr_log, raptr_result = train(raptr=True)
 
 # %% [markdown]
-# `StageScheduler` printed one line per stage: its keep count, its steps, and
-# the time its first step took (each stage's step is compiled once, for its
-# own number of blocks; on JAX the next stage is compiled in the background
-# while the current one trains).
+# `StageScheduler` printed a line at each stage start with its keep count.
+# Where `fit` compiles the step (JAX, TensorFlow), it also printed the time
+# each stage's step took to compile: once per stage, for that stage's number
+# of blocks. Stages after the first are prepared on a background thread while
+# the stage before them trains.
+#
+# On TensorFlow and PyTorch, Keras warned once, during the baseline, that
+# `pooled_dense` has no gradients: the masked-LM task does not use the
+# backbone's pooled output. That is KerasHub's BERT, not RaPTr.
 
 # %%
 tokens = STEPS * BATCH_SIZE * SEQUENCE_LENGTH
