@@ -16,6 +16,8 @@ import zipfile
 import keras
 import pytest
 
+from keras_raptr.src.data.text import read_jsonl
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = os.path.join(ROOT, "examples", "tutorials")
 SAMPLE = os.path.join(ROOT, "tests", "data", "wiki_sample.jsonl")
@@ -71,13 +73,11 @@ def _text_wheel(directory, code):
     """The tutorial's text wheel, holding the test sample."""
     wheel = re.search(r'^WHEEL = "(.+)"$', code, re.M).group(1)
     member = re.search(r'^MEMBER = "(.+)"$', code, re.M).group(1)
-    articles = {}
-    with open(SAMPLE, encoding="utf-8") as f:
-        for line in f:
-            document = json.loads(line)
-            articles[document["title"]] = {
-                "title": document["title"], "extract": document["text"]
-            }
+    articles = {
+        document["title"]: {"title": document["title"],
+                            "extract": document["text"]}
+        for document in read_jsonl(SAMPLE)
+    }
     os.makedirs(directory, exist_ok=True)
     with zipfile.ZipFile(os.path.join(directory, wheel), "w") as archive:
         archive.writestr(member, json.dumps(articles))
