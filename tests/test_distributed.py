@@ -61,3 +61,24 @@ def test_data_parallel_two_devices_match_reference():
     # Stages 2 and 3 of the scheduled run were prepared ahead (JAX: traced
     # and compiled for the sharded arguments; TF: traced under the strategy).
     assert result["traced_ahead"] > 0
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel")
+def test_jax_model_parallel_matches_one_device():
+    # The blocks' kernels are split over the "model" axis of a 2-device
+    # mesh; the straight-line path gathers them across blocks. Training
+    # must give what the same run gives on one device.
+    result = _run_worker("distributed_worker.py", "model_parallel")
+    for scheduled, keeps in (("False", [4] * 10),
+                             ("True", [2] * 4 + [4] * 3 + [6] * 3)):
+        run = result[scheduled]
+        np.testing.assert_array_equal(
+            run["counts"], reference_counts(6, (0, 5), keeps)
+        )
+        assert run["warnings"] == []
+        assert run["kernel_spec"] == "P(None, 'model')"
+        assert run["max_weight_difference"] < 1e-5
+    bert = result["bert"]
+    assert bert["straight_line_path"]
+    assert bert["kernel_spec"] == "P(None, 'model')"
+    assert bert["max_weight_difference"] < 1e-4
