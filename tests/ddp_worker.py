@@ -50,12 +50,19 @@ def run(rank, world_size, store_file, queue):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     counts = [int(keras.ops.convert_to_numpy(b.count)) for b in blocks]
     checksum = float(sum(float(torch.sum(p.detach())) for p in ddp.parameters()
                          if p.requires_grad))
     queue.put((rank, counts, checksum, losses[-2:]))
     dist.destroy_process_group()
+    # End without freeing `ddp`: in torch 2.13 its gloo process group can
+    # deadlock when freed (the destructor joins a worker thread, holding the
+    # GIL, while that thread waits for the GIL to free a finished all-reduce).
+    # That hung 6 of 16 runs of this worker with a plain Keras model too.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main():
