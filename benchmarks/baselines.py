@@ -13,12 +13,15 @@ this is our version of it:
   orthonormal, so the held-out mean of prediction x term d says how much of
   degree d the model has learnt (1 = all of it).
 - Model: 20 pre-LN residual MLP blocks (`scaling_ablation.ResidualMLP`),
-  width 64, Adam at a constant learning rate, fresh samples every step.
+  width 64; Adam, its learning rate on one cosine decay to 0 over the run;
+  fresh samples every step.
 - Methods, each at 80% of the full model's block FLOPs except the first:
   - `full`: all 20 blocks for all steps (100%);
-  - `full, 80% of the steps`: the equal-FLOPs full model;
+  - `full, 80% of the steps`: the equal-FLOPs full model (its cosine
+    decay over its own steps);
   - `raptr`: `RandomPartStack` + `StageScheduler("12-16-20")` (first and
     last block fixed; 12, 16 then 20 blocks over equal stages);
+    `raptr_expectation` the same with `scaling="expectation"`;
   - `pld`: PLD (Zhang & He, 2020): block l of L is kept with probability
     1 - (l / L)(1 - theta(t)), theta(t) = (1 - 0.5) exp(-gamma t) + 0.5, its
     branch scaled by 1 / keep; gamma is solved so that the expected kept
@@ -29,8 +32,10 @@ this is our version of it:
   PLD and stacking are implemented here, for this comparison only: PLD
   computes every block and masks it, so its FLOPs are counted, not saved.
 
-Prints a table (held-out loss at the end, as a fraction of Var(y), and the
-share of each degree learnt), writes the curves to `--out` (JSON and a PNG).
+Prints a table (held-out loss at the end, as a fraction of Var(y); the
+share of each degree learnt; the paper's Figure 3d loss gap between the
+model and its one-block-dropped subnetworks), writes the curves to `--out`
+(JSON and a PNG).
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/baselines.py
 """
@@ -40,7 +45,6 @@ import json
 import math
 import os
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -158,6 +162,22 @@ class ProgressiveLayerDrop(keras.layers.Layer):
         return x
 
 
+class CosineFrom(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay from `peak` to 0 over `total` steps, the optimizer's
+    step 0 being step `offset` of the run (stacking starts a new optimizer
+    at each stage, on the one schedule of the run)."""
+
+    def __init__(self, peak, total, offset=0):
+        self.peak, self.total, self.offset = peak, total, offset
+
+    def __call__(self, step):
+        t = ops.minimum(ops.cast(step, "float32") + self.offset, self.total)
+        return self.peak * 0.5 * (1 + ops.cos(math.pi * t / self.total))
+
+    def get_config(self):
+        return {"peak": self.peak, "total": self.total, "offset": self.offset}
+
+
 class HeldOut(keras.callbacks.Callback):
     """Every `every` steps (and at the end): held-out loss / Var(y) and the
     share of each degree learnt, at the step count the run has reached."""
@@ -212,46 +232,64 @@ def run(method, args, seed, held_out):
     callbacks = []
     if method == "stacking":
         return run_stacking(args, seed, x, y, keeps, held_out)
-    if method == "raptr":
-        model, _ = build(args, lambda blocks: keras_raptr.RandomPartStack(
-            blocks, seed=seed))
+    if method in ("raptr", "raptr_expectation"):
+        scaling = "expectation" if method == "raptr_expectation" else "none"
+        model, blocks = build(args, lambda blocks: keras_raptr.RandomPartStack(
+            blocks, scaling=scaling, seed=seed))
         callbacks.append(keras_raptr.StageScheduler(
             equal_stages(keeps, steps), verbose=0))
     elif method == "pld":
         gamma = pld_gamma(args.flops, steps, args.blocks)
-        model, _ = build(args, lambda blocks: ProgressiveLayerDrop(
+        model, blocks = build(args, lambda blocks: ProgressiveLayerDrop(
             blocks, gamma, seed=seed))
     else:
-        model, _ = build(args)
+        model, blocks = build(args)
     recorder = HeldOut(held_out, args.eval_every)
-    model.compile(keras.optimizers.Adam(args.lr), "mse")
-    start = time.perf_counter()
+    model.compile(keras.optimizers.Adam(CosineFrom(args.lr, steps)), "mse")
     model.fit(x[: steps * args.batch], y[: steps * args.batch],
               batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
               callbacks=callbacks + [recorder])
-    return recorder.curve, time.perf_counter() - start
+    return recorder.curve, loss_gap(model, blocks, held_out)
 
 
 def run_stacking(args, seed, x, y, depths, held_out):
     """Gradual stacking: one `fit` per stage on a model of that depth; the
     blocks added at a growth start as copies of the top blocks below them."""
-    curve, seconds, offset, previous = [], 0.0, 0, None
+    curve, offset, previous = [], 0, None
     for depth, length in equal_stages(depths, args.steps):
         if previous is None:
             model, blocks = build(args, depth=depth)
         else:
             model, blocks = grow(*previous, args, depth)
         recorder = HeldOut(held_out, args.eval_every, offset=offset)
-        model.compile(keras.optimizers.Adam(args.lr), "mse")
+        schedule = CosineFrom(args.lr, args.steps, offset)
+        model.compile(keras.optimizers.Adam(schedule), "mse")
         rows = slice(offset * args.batch, (offset + length) * args.batch)
-        start = time.perf_counter()
         model.fit(x[rows], y[rows], batch_size=args.batch, epochs=1,
                   shuffle=False, verbose=0, callbacks=[recorder])
-        seconds += time.perf_counter() - start
         curve += recorder.curve
         offset += length
         previous = (model, blocks)
-    return curve, seconds
+    return curve, loss_gap(*previous, held_out)
+
+
+def loss_gap(model, blocks, data):
+    """L(F) - mean over l of L(F_-l) (the paper's Figure 3d): the trained
+    model's held-out loss minus the mean loss with one block dropped, over
+    every block, each as a fraction of Var(y). Negative: the full model is
+    better than its one-block-dropped subnetworks."""
+    x, y, _ = data
+
+    def loss(dropped):
+        h = model.get_layer("embed")(x)
+        for index, block in enumerate(blocks):
+            if index != dropped:
+                h = block(h)
+        h = model.get_layer("head")(model.get_layer("final_norm")(h))
+        h = np.asarray(ops.convert_to_numpy(h), dtype="float64")
+        return float(np.mean((h - y) ** 2) / np.var(y))
+
+    return loss(None) - float(np.mean([loss(i) for i in range(len(blocks))]))
 
 
 def grow(model, blocks, args, depth):
@@ -275,6 +313,7 @@ METHODS = {
     "full": "full model",
     "full_80": "full model, 80% of the steps",
     "raptr": "RaPTr",
+    "raptr_expectation": "RaPTr, scaling='expectation'",
     "pld": "PLD",
     "stacking": "gradual stacking",
 }
@@ -284,7 +323,7 @@ def block_flops(method, args):
     if method == "full":
         return 1.0
     keeps = [int(k) for k in args.schedule.split("-")]
-    if method in ("raptr", "stacking"):
+    if method in ("raptr", "raptr_expectation", "stacking"):
         stages = equal_stages(keeps, args.steps)
         return sum(k * n for k, n in stages) / (args.blocks * args.steps)
     return args.flops  # full_80 by its steps, pld by its gamma
@@ -334,13 +373,14 @@ def main():
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="peak learning rate (cosine decay to 0)")
     parser.add_argument("--schedule", default="12-16-20",
                         help="RaPTr keep counts and stacking depths")
     parser.add_argument("--flops", type=float, default=0.8,
                         help="block-FLOPs fraction of the PLD and "
                              "equal-FLOPs full-model runs")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/baselines")
@@ -363,9 +403,9 @@ def main():
             return x
     jobs = [(m, s) for m in methods for s in range(args.seeds)]
     for method, seed in tqdm(jobs, desc="runs"):
-        curve, seconds = run(method, args, seed, held_out)
+        curve, gap = run(method, args, seed, held_out)
         results.setdefault(method, []).append(
-            {"seed": seed, "curve": curve, "train_seconds": seconds})
+            {"seed": seed, "curve": curve, "loss_gap": gap})
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "backend": keras.config.backend(),
@@ -373,19 +413,22 @@ def main():
     plot(results, args, os.path.join(args.out, "baselines.png"))
 
     print(f"\n{args.blocks} blocks, width {args.width}, {args.steps} steps x "
-          f"{args.batch}, Adam lr {args.lr}, schedule {args.schedule}, "
+          f"{args.batch}, Adam lr {args.lr} cosine to 0, schedule "
+          f"{args.schedule}, "
           f"{args.seeds} seeds, backend {keras.config.backend()}\n")
     header = " | ".join(f"degree {d}" for d in range(1, DEGREES + 1))
     print(f"| method | block FLOPs | held-out MSE / Var(y) (per seed) | "
-          f"{header} |")
-    print("|---|---|---|" + "---|" * DEGREES)
+          f"{header} | L(F) - mean L(F_-l) |")
+    print("|---|---|---|" + "---|" * DEGREES + "---|")
     for method, runs in results.items():
         losses = [r["curve"][-1]["loss"] for r in runs]
         learnt = np.mean([r["curve"][-1]["learnt"] for r in runs], 0)
         per_seed = " / ".join(f"{v:.3f}" for v in losses)
         shares = " | ".join(f"{v:.2f}" for v in learnt)
+        gap = np.mean([r["loss_gap"] for r in runs])
         print(f"| {METHODS[method]} | {block_flops(method, args):.0%} | "
-              f"{np.mean(losses):.3f} ({per_seed}) | {shares} |")
+              f"{np.mean(losses):.3f} ({per_seed}) | {shares} | "
+              f"{gap:+.3f} |")
     print(f"\nCurves: {args.out}/results.json, {args.out}/baselines.png")
 
 
