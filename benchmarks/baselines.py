@@ -57,6 +57,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_ablation import ResidualMLP  # noqa: E402
 
 import keras_raptr  # noqa: E402
+from keras_raptr.src.callbacks.schedule import ResolvedSchedule  # noqa: E402
+from keras_raptr.src.callbacks.schedule import parse_schedule  # noqa: E402
+from keras_raptr.src.callbacks.schedule import stage_starts  # noqa: E402
 
 DEGREES = 6
 PLD_THETA_BAR = 0.5  # the DeepSpeed default
@@ -88,13 +91,11 @@ def make_data(num, dim, seed):
     return x.astype("float32"), y.astype("float32"), terms
 
 
-def equal_stages(keeps, steps):
-    """[(keep, length), ...]: equal stages over `steps`, the last taking
-    what is left."""
-    length = steps // len(keeps)
-    return [(k, length) for k in keeps[:-1]] + [
-        (keeps[-1], steps - length * (len(keeps) - 1))
-    ]
+def stage_plan(schedule, steps):
+    """`schedule`'s equal stages over `steps`, split as `StageScheduler`
+    splits them (RaPTr's keep counts; stacking's depths)."""
+    keeps, _ = parse_schedule(schedule)
+    return ResolvedSchedule(keeps, stage_starts(keeps, None, "steps", steps))
 
 
 def pld_gamma(target, steps, num_blocks, theta_bar=PLD_THETA_BAR):
@@ -228,16 +229,14 @@ def run(method, args, seed, held_out):
     if method == "full_80":
         steps = int(round(args.flops * args.steps))
     x, y, _ = make_data(args.steps * args.batch, args.dim, seed)
-    keeps = [int(k) for k in args.schedule.split("-")]
     callbacks = []
     if method == "stacking":
-        return run_stacking(args, seed, x, y, keeps, held_out)
+        return run_stacking(args, x, y, held_out)
     if method in ("raptr", "raptr_expectation"):
         scaling = "expectation" if method == "raptr_expectation" else "none"
         model, blocks = build(args, lambda blocks: keras_raptr.RandomPartStack(
             blocks, scaling=scaling, seed=seed))
-        callbacks.append(keras_raptr.StageScheduler(
-            equal_stages(keeps, steps), verbose=0))
+        callbacks.append(keras_raptr.StageScheduler(args.schedule, verbose=0))
     elif method == "pld":
         gamma = pld_gamma(args.flops, steps, args.blocks)
         model, blocks = build(args, lambda blocks: ProgressiveLayerDrop(
@@ -252,11 +251,14 @@ def run(method, args, seed, held_out):
     return recorder.curve, loss_gap(model, blocks, held_out)
 
 
-def run_stacking(args, seed, x, y, depths, held_out):
+def run_stacking(args, x, y, held_out):
     """Gradual stacking: one `fit` per stage on a model of that depth; the
     blocks added at a growth start as copies of the top blocks below them."""
-    curve, offset, previous = [], 0, None
-    for depth, length in equal_stages(depths, args.steps):
+    plan = stage_plan(args.schedule, args.steps)
+    curve, previous = [], None
+    for stage, depth in enumerate(plan.keep_counts):
+        offset, end = plan.bounds(stage)
+        length = min(end, args.steps) - offset
         if previous is None:
             model, blocks = build(args, depth=depth)
         else:
@@ -268,7 +270,6 @@ def run_stacking(args, seed, x, y, depths, held_out):
         model.fit(x[rows], y[rows], batch_size=args.batch, epochs=1,
                   shuffle=False, verbose=0, callbacks=[recorder])
         curve += recorder.curve
-        offset += length
         previous = (model, blocks)
     return curve, loss_gap(*previous, held_out)
 
@@ -322,10 +323,9 @@ METHODS = {
 def block_flops(method, args):
     if method == "full":
         return 1.0
-    keeps = [int(k) for k in args.schedule.split("-")]
     if method in ("raptr", "raptr_expectation", "stacking"):
-        stages = equal_stages(keeps, args.steps)
-        return sum(k * n for k, n in stages) / (args.blocks * args.steps)
+        plan = stage_plan(args.schedule, args.steps)
+        return plan.mean_keep_count(args.steps) / args.blocks
     return args.flops  # full_80 by its steps, pld by its gamma
 
 
@@ -340,11 +340,8 @@ def plot(results, args, path):
         steps = [p["step"] for p in runs[0]["curve"]]
         losses = np.mean([[p["loss"] for p in r["curve"]] for r in runs], 0)
         left.plot(steps, losses, label=METHODS[method])
-    boundary = 0
-    for _, length in equal_stages(
-            [int(k) for k in args.schedule.split("-")], args.steps)[:-1]:
-        boundary += length
-        left.axvline(boundary, color="0.3", linewidth=0.8, linestyle=":")
+    for start in stage_plan(args.schedule, args.steps).starts[1:]:
+        left.axvline(start, color="0.3", linewidth=0.8, linestyle=":")
     left.set_yscale("log")
     left.set_xlabel("step")
     left.set_ylabel("held-out MSE / Var(y)")
@@ -390,7 +387,17 @@ def main():
         if method not in METHODS:
             parser.error(f"--methods: unknown {method!r}; expected some of "
                          f"{', '.join(METHODS)}")
-    keeps = [int(k) for k in args.schedule.split("-")]
+    try:
+        keeps = stage_plan(args.schedule, args.steps).keep_counts
+    except ValueError as error:
+        parser.error(f"--schedule: {error}")
+    if not 0 < args.flops < 1:
+        parser.error(f"--flops must be in (0, 1); got {args.flops}")
+    if "pld" in methods:
+        try:
+            pld_gamma(args.flops, args.steps, args.blocks)
+        except ValueError as error:
+            parser.error(f"--flops: {error}")
     if keeps[-1] != args.blocks:
         parser.error(f"--schedule must end at --blocks ({args.blocks}); "
                      f"got {args.schedule}")

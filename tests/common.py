@@ -1,5 +1,8 @@
 """Small blocks and models shared by the tests."""
 
+import importlib.util
+import os
+
 import keras
 import numpy as np
 from keras import ops
@@ -83,3 +86,15 @@ def data(num=64, dim=4, seed=0):
     x = rng.normal(size=(num, dim)).astype("float32")
     y = rng.normal(size=(num, 1)).astype("float32")
     return x, y
+
+
+def load_script(*path):
+    """Imports a script of the repository (e.g. `"examples", "demo.py"`) as
+    a module, to test its functions."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        os.path.splitext(path[-1])[0], os.path.join(root, *path)
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -46,7 +46,9 @@ class ReplicaCountingBlock(keras.layers.Layer):
         return x + self.dense(x)
 
 
-def build_and_fit(scheduled, return_model=False):
+def build_and_fit(scheduled):
+    """Returns the executions per block, the scheduler's warnings and the
+    trained model."""
     keras.utils.set_random_seed(0)
     blocks = [ReplicaCountingBlock(name=f"b{i}") for i in range(6)]
     inputs = keras.Input((4,))
@@ -68,9 +70,7 @@ def build_and_fit(scheduled, return_model=False):
     scheduler_warnings = [str(w.message) for w in caught
                           if "StageScheduler" in str(w.message)]
     counts = [int(ops.convert_to_numpy(b.count)) for b in blocks]
-    if return_model:
-        return counts, scheduler_warnings, model
-    return counts, scheduler_warnings
+    return counts, scheduler_warnings, model
 
 
 def fit_tiny_bert():
@@ -136,7 +136,7 @@ def model_parallel_against_one_device(devices):
             ("parallel", model_parallel(counting)),
         ):
             keras.distribution.set_distribution(distribution)
-            runs[name] = build_and_fit(scheduled, return_model=True)
+            runs[name] = build_and_fit(scheduled)
         results[str(scheduled)] = {
             "counts": runs["parallel"][0],
             "warnings": runs["parallel"][1],
@@ -177,7 +177,7 @@ def main():
         )
         results["devices"] = len(devices)
         for scheduled in (False, True):
-            results[str(scheduled)], results["warnings"] = build_and_fit(
+            results[str(scheduled)], results["warnings"], _ = build_and_fit(
                 scheduled
             )
         # Stages 2 and 3 of the scheduled run were compiled ahead, on the
@@ -207,9 +207,8 @@ def main():
         results["devices"] = strategy.num_replicas_in_sync
         for scheduled in (False, True):
             with strategy.scope():
-                results[str(scheduled)], results["warnings"] = build_and_fit(
-                    scheduled
-                )
+                (results[str(scheduled)], results["warnings"],
+                 _) = build_and_fit(scheduled)
         results["traced_ahead"] = len(PREPARED)
     print("RESULT " + json.dumps(results), flush=True)
 

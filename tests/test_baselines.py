@@ -2,28 +2,16 @@
 task: the comparison in docs/benchmarks.md rests on them."""
 
 import argparse
-import importlib.util
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.common import load_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "baselines", os.path.join(ROOT, "benchmarks", "baselines.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-baselines = load_script()
+baselines = load_script("benchmarks", "baselines.py")
 
 
 def test_terms_are_orthonormal_and_sum_to_the_label():

@@ -14,6 +14,7 @@ keras_hub = pytest.importorskip("keras_hub")
 import keras_raptr  # noqa: E402
 import keras_raptr.hub  # noqa: E402
 from keras_raptr.src.layers import sampling  # noqa: E402
+from tests.common import load_script  # noqa: E402
 
 SEQ = 12
 VOCAB = 97
@@ -444,14 +445,7 @@ def test_wrapped_bert_blocks_take_the_straight_line_path():
 
 
 def test_demo_equal_time_comparison_says_when_the_baseline_finished_first():
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "demo", os.path.join(root, "examples", "demo.py")
-    )
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("examples", "demo.py")
 
     def run(method, seconds, losses):
         curve = [{"train_seconds": t, "loss": loss}
