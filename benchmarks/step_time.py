@@ -5,9 +5,6 @@ dropout 0.1) this measures, in one run:
 
 - `plain L`: a plain model running all L blocks (the full model);
 - `plain k`: a plain model holding only k blocks (the limit for RaPTr at k);
-The model is BERT-pretraining shaped: embedding, the blocks, and an MLM head
-on the 15% masked positions.
-
 - `raptr k`: a RandomPartStack of L blocks running k per step (first and last
   fixed), driven by a one-stage StageScheduler as in real use (the step is
   traced for k: straight-line work over gathered weights on JAX/TF), for
@@ -15,6 +12,9 @@ on the 15% masked positions.
 - `dynamic k`: the same stack with `keep_count` set and no scheduler (the
   step reads the keep count at run time: one conditional per block on
   JAX/TF), at every k < L.
+
+The model is BERT-pretraining shaped: embedding, the blocks, and an MLM head
+on the 15% masked positions.
 
 Each configuration runs in its own process (clean peak memory and compile
 counts) and reports the median over repetitions of the time per training
@@ -273,11 +273,19 @@ def main():
 
     size = dict(SIZES[args.size])
     layers = size["layers"]
-    keeps = (
-        [int(k) for k in args.keeps.split(",")] if args.keeps
-        else [layers // 4, layers // 2, layers]
-    )
-    keeps = sorted({max(k, 2) for k in keeps})
+    if args.keeps:
+        try:
+            keeps = [int(k) for k in args.keeps.split(",")]
+        except ValueError:
+            keeps = None
+        if keeps is None or not all(2 <= k <= layers for k in keeps):
+            parser.error(
+                f"--keeps takes comma-separated keep counts in [2, {layers}] "
+                f"for --size {args.size} (L = {layers}; the first and last "
+                f"block are fixed), got {args.keeps!r}")
+    else:
+        keeps = [max(layers // 4, 2), layers // 2, layers]
+    keeps = sorted(set(keeps))
     records = []
     try:
         from tqdm import tqdm

@@ -41,9 +41,13 @@ for name in ("keras", "keras_hub", "jax", "torch"):
 PYEOF
     BACKENDS="${BACKENDS:-jax,torch}"
     MP=""
-    if [ "$SIZE" = gpu ]; then MP="--mixed-precision mixed_bfloat16"; fi
+    DEFAULT_KEEPS=4,8  # L = 8 at SIZE=cpu
+    if [ "$SIZE" = gpu ]; then
+        MP="--mixed-precision mixed_bfloat16"
+        DEFAULT_KEEPS=6,12
+    fi
     "$PY" benchmarks/step_time.py --size "$SIZE" --backends "$BACKENDS" \
-        --keeps "${KEEPS:-6,12}" $MP --json "${OUT:-/tmp}/step_time.json"
+        --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP --json "${OUT:-/tmp}/step_time.json"
     [ "${E2E_STEPS:-1500}" = 0 ] || "$PY" benchmarks/step_time.py --size "$SIZE" --backends jax \
         --end-to-end --e2e-steps "${E2E_STEPS:-1500}" \
         --compile-ahead "${COMPILE_AHEAD:-on}" $MP

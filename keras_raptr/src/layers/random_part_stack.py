@@ -118,6 +118,12 @@ class RandomPartStack(keras.layers.Layer):
         keep_count: int. Blocks run per training step (`sampling="exact"`),
             or the expected number (`sampling="bernoulli"`). Must lie in
             `[len(fixed), len(blocks)]`. Defaults to `None`: all blocks.
+            Set by hand, without `StageScheduler`, it is read when the step
+            runs: one conditional per block on JAX and TensorFlow, which
+            costs more than the step `StageScheduler` traces for its keep
+            count (`docs/benchmarks.md`). For a constant keep count on the
+            fast path use
+            `StageScheduler([(6, None)], allow_partial_final=True)`.
         fixed: list of int. Indices of blocks that always run; negative
             indices count from the end. Defaults to `None`: the first and the
             last block, as in the paper. `[]` fixes none.
