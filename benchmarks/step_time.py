@@ -35,6 +35,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 SIZES = {
@@ -208,17 +209,28 @@ def _variants(backend):
 
 
 def _run_config(config):
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
-        capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**config, **json.loads(line[len("RESULT "):])}
-    raise RuntimeError(
-        f"benchmark worker failed for {config}:\n{out.stderr[-3000:]}"
-    )
+    """Runs one configuration in a worker process. Its `PROGRESS` lines are
+    printed as they come (a run stopped at a time limit keeps them); its
+    `RESULT` line is returned."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(config)],
+            stdout=subprocess.PIPE, stderr=errors, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        result = None
+        for line in process.stdout:
+            if line.startswith("PROGRESS "):
+                print(line[len("PROGRESS "):].rstrip(), flush=True)
+            elif line.startswith("RESULT "):
+                result = {**config, **json.loads(line[len("RESULT "):])}
+        process.wait()
+        if result is not None:
+            return result
+        errors.seek(0)
+        raise RuntimeError(
+            f"benchmark worker failed for {config}:\n{errors.read()[-3000:]}"
+        )
 
 
 def main():
@@ -379,11 +391,21 @@ def _e2e_worker(config):
     starts = stage_starts(keeps, lengths, "steps", s["steps"])
     marks, first_steps = [], []
 
+    def report():  # the stage that just ended, as a PROGRESS line
+        (begin, t0), (end, t1) = marks[-2], marks[-1]
+        keep = keeps[len(marks) - 2] if kind == "raptr" else s["layers"]
+        print(f"PROGRESS   {config['method']}: stage {len(marks) - 1} "
+              f"({keep} of {s['layers']}): {end - begin} steps in "
+              f"{t1 - t0:.1f} s, first step {first_steps[-1] - t0:.1f} s",
+              flush=True)
+
     class StageClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if batch in starts:  # block until the previous steps finished
                 ops.convert_to_numpy(self.model.optimizer.iterations)
                 marks.append((batch, time.perf_counter()))
+                if len(marks) > 1:
+                    report()
 
         def on_train_batch_end(self, batch, logs=None):
             if batch in starts:  # the stage's first step holds its compile
@@ -393,6 +415,7 @@ def _e2e_worker(config):
         def on_train_end(self, logs=None):
             ops.convert_to_numpy(self.model.optimizer.iterations)
             marks.append((s["steps"], time.perf_counter()))
+            report()
 
     callbacks = [StageClock()]
     scheduler = None
@@ -400,7 +423,10 @@ def _e2e_worker(config):
         scheduler = keras_raptr.StageScheduler(
             config["schedule"], total_steps=s["steps"], verbose=0,
             compile_ahead=config.get("compile_ahead", True))
-        callbacks.insert(0, scheduler)
+        # After the clock: a stage's wait for its compile (a compile ahead
+        # still running) then counts in its own first step, not the stage
+        # before.
+        callbacks.append(scheduler)
     start = time.perf_counter()
     history = model.fit(data, labels, batch_size=s["batch"], epochs=1,
                         verbose=0, shuffle=False, callbacks=callbacks)

@@ -17,6 +17,9 @@ from keras_raptr.src.layers import random_part_stack
 from keras_raptr.src.layers import sampling
 from tests.common import CountingBlock
 from tests.common import counts
+from tests.common import data
+from tests.common import make_model
+from tests.common import reference_counts
 
 INT32_MAX = 2**31 - 1
 seeds = st.integers(-(2**40), 2**40)
@@ -272,3 +275,28 @@ def test_layer_bernoulli_rate_in_fit():
     n = 300 * 6
     assert abs(free.sum() / n - p) < 5 * np.sqrt(p * (1 - p) / n)
     assert (counts(blocks)[[0, 7]] == 300).all()
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "torch",
+    reason="only an eager PyTorch step draws its subset on the host",
+)
+@pytest.mark.parametrize("mode", ["exact", "bernoulli"])
+def test_eager_torch_draws_the_subset_on_the_host(mode, monkeypatch):
+    # On a GPU, Keras' eager torch step is host-bound, and drawing the subset
+    # with device operations (about 45, with host-to-device copies) added
+    # about a quarter to an H200 step. The host draw must pick the same
+    # blocks: the same executions as the reference, step by step.
+    def device_draw(*args, **kwargs):
+        raise AssertionError("an eager step drew its subset on the device")
+
+    monkeypatch.setattr(sampling, "keep_mask", device_draw)
+    monkeypatch.setattr(sampling, "block_hashes", device_draw)
+    model, stack, blocks = make_model(
+        num_blocks=6, fixed=(0,), keep_count=3, sampling=mode
+    )
+    model.compile("adamw", "mse")
+    x, y = data(num=80)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 10 steps
+    expected = reference_counts(6, (0,), [3] * 10, sampling_mode=mode)
+    np.testing.assert_array_equal(counts(blocks), expected)

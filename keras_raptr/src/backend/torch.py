@@ -1,4 +1,5 @@
-"""PyTorch: the mask is read on the host once per step; Python skips blocks.
+"""PyTorch: the subset is drawn on the host (eagerly) or read there once
+per step (under `torch.compile`); Python skips blocks.
 
 A skipped block is not called at all, so autograd would leave its gradients
 at `None` (and Keras would warn about missing gradients on every step). To
@@ -43,7 +44,7 @@ def _skip(block, x):
 
 @torch.compiler.disable
 def run_blocks(x, blocks, free_index, mask, call_kwargs, post):
-    keep = mask.tolist()  # the step's one host synchronisation
+    keep = mask.tolist()  # a host mask, or the step's one synchronisation
     for block, index in zip(blocks, free_index):
         if index is None:
             x = call_block(block, x, call_kwargs)
@@ -73,6 +74,17 @@ def trace_for_keep_count():
     the graph free of data-dependent branches.
     """
     return torch.compiler.is_compiling()
+
+
+def samples_on_host():
+    """Whether the subset is drawn on the host: yes, eagerly.
+
+    An eager step would otherwise draw it with about 45 small device
+    operations and several host-to-device copies, which on a GPU, where
+    Keras' eager torch step is host-bound, added about a quarter to the step
+    (`docs/benchmarks.md`). Under `torch.compile` the draw stays in the graph.
+    """
+    return not torch.compiler.is_compiling()
 
 
 def compiles_train_step(model):

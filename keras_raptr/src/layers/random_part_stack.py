@@ -2,6 +2,7 @@ import contextlib
 import threading
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_raptr.src import backend
@@ -312,6 +313,8 @@ class RandomPartStack(keras.layers.Layer):
                 x = call_block(block, x, call_kwargs)
             return x
 
+        if backend.samples_on_host():
+            return self._run_sampled_on_host(inputs, call_kwargs)
         num_fixed = len(self.fixed)
         num_free_kept = ops.subtract(self.keep_count.value, num_fixed)
         keep_probability = ops.divide(
@@ -339,6 +342,31 @@ class RandomPartStack(keras.layers.Layer):
         mask = sampler.keep_mask(
             hashes, num_free_kept, self.sampling, keep_probability
         )
+        return backend.run_blocks(
+            inputs, self.blocks, self._free_index, mask, call_kwargs, post
+        )
+
+    def _run_sampled_on_host(self, inputs, call_kwargs):
+        """An eager step (PyTorch): the keep count and step counter are read
+        on the host, the step's one synchronisation, and the subset is drawn
+        there by the same hash, bit for bit, as the device path."""
+        step = int(ops.convert_to_numpy(self.step.value))
+        keep_count = int(ops.convert_to_numpy(self.keep_count.value))
+        self.step.assign_add(1)
+        num_free_kept = keep_count - len(self.fixed)
+        # The float32 division the device path does.
+        keep_probability = np.float32(num_free_kept) / np.float32(
+            len(self._free)
+        )
+        mask = sampler.host_keep_mask(
+            self._seed_int32,
+            step,
+            len(self._free),
+            num_free_kept,
+            self.sampling,
+            keep_probability,
+        )
+        post = self._make_post(keep_probability)
         return backend.run_blocks(
             inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )

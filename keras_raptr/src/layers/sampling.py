@@ -77,7 +77,11 @@ def block_hashes(seed_int32, step, offsets):
 
 
 def numpy_block_hashes(seed, step, count):
-    seed32 = np.uint32(seed_hash(seed) & 0xFFFFFFFF)
+    return _host_block_hashes(seed_hash(seed), step, count)
+
+
+def _host_block_hashes(seed_int32, step, count):
+    seed32 = np.uint32(seed_int32 & 0xFFFFFFFF)
     base = _numpy_fmix32(np.uint32(step & 0xFFFFFFFF) ^ seed32)
     with np.errstate(over="ignore"):
         return _numpy_fmix32(base + index_offsets(count).view(np.uint32))
@@ -142,7 +146,18 @@ def kept_positions(mask, num_kept):
 
 
 def numpy_keep_mask(seed, step, count, num_to_keep, sampling, keep_probability):
-    hashes = numpy_block_hashes(seed, step, count)
+    return host_keep_mask(
+        seed_hash(seed), step, count, num_to_keep, sampling, keep_probability
+    )
+
+
+def host_keep_mask(seed_int32, step, count, num_to_keep, sampling,
+                   keep_probability):
+    """`keep_mask(block_hashes(seed_int32, step, ...), ...)` computed with
+    NumPy on the host, bit for bit: the subset an eager step draws without
+    device operations (`backend.samples_on_host`). `keep_probability` must
+    be the float32 value the device path uses."""
+    hashes = _host_block_hashes(seed_int32, step, count)
     if sampling == "exact":
         scores = hashes.view(np.int32) & 0x7FFFFFFF
         ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
