@@ -44,8 +44,9 @@ SIZES = {
     "cpu": dict(layers=8, dim=128, heads=4, ff=512, seq=128, batch=32,
                 vocab=8000, steps=8, reps=5, warmup=3),
     # GPU: BERT-Base shaped.
-    # 40 steps per timed `fit` call, so that its fixed cost (data adapter,
-    # callbacks: tens of ms) stays small against steps of tens of ms.
+    # 40 steps per timed `fit` call (not 10), so that its fixed cost
+    # (building the data adapter and callbacks) is spread over more steps of
+    # tens of ms each.
     "gpu": dict(layers=12, dim=768, heads=12, ff=3072, seq=128, batch=128,
                 vocab=30522, steps=40, reps=3, warmup=3),
 }

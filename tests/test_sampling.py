@@ -284,9 +284,9 @@ def test_layer_bernoulli_rate_in_fit():
 @pytest.mark.parametrize("mode", ["exact", "bernoulli"])
 def test_eager_torch_draws_the_subset_on_the_host(mode, monkeypatch):
     # On a GPU, Keras' eager torch step is host-bound, and drawing the subset
-    # with device operations (about 45, with host-to-device copies) added
-    # about a quarter to an H200 step. The host draw must pick the same
-    # blocks: the same executions as the reference, step by step.
+    # with device operations (about 45, with host-to-device copies) is host
+    # time in every step. The host draw must pick the same blocks: the same
+    # executions as the reference, step by step.
     def device_draw(*args, **kwargs):
         raise AssertionError("an eager step drew its subset on the device")
 

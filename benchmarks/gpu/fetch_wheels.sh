@@ -3,7 +3,8 @@
 # downloads the wheels the GPU machine lacks (it has JAX, torch, numpy, h5py,
 # rich, absl, ml-dtypes, regex, sentencepiece, tokenizers, but no Keras) for
 # its Python 3.12 into .whl/ (git-ignored; carried with `carry: [".whl"]`).
-# Checked on CPU: SIZE=cpu KEEPS=4,8 E2E_STEPS=8 BACKENDS=jax PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
+# Checked on CPU: SIZE=cpu BACKENDS=jax PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
+# and SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .whl

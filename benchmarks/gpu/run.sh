@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, from the repo root, with .whl/ carried along
-# (benchmarks/gpu/fetch_wheels.sh fills it). Prints the whole GPU grid:
-# step time per backend (JAX, torch) at k = 6 and 12 of 12 BERT-Base blocks
-# against plain 6- and 12-block models, then JAX end to end (6-8-10-12).
+# (benchmarks/gpu/fetch_wheels.sh fills it). Prints the GPU grid (step time
+# per backend, JAX and torch, at k = 6 and 12 of 12 BERT-Base blocks against
+# plain 6- and 12-block models) or the JAX end-to-end run (6-8-10-12).
 # Everything also goes to $OUT/gpu_grid.log when $OUT is set.
-# The end-to-end run is 1500 steps per method by default: RaPTr compiles once
-# per stage (4 compiles), which a short run cannot amortize. Budget: about
-# 3 min per backend's grid and 4 for the end-to-end run (the time limits
-# GRID_TIMEOUT and E2E_TIMEOUT, seconds); E2E_STEPS=0 skips the end-to-end
-# run, BACKENDS=jax the torch grid.
+# MODE=grid (default): the step-time grid of each backend in BACKENDS, each
+# under GRID_TIMEOUT seconds (default 180).
+# MODE=e2e: JAX end to end, the full model then RaPTr (6-8-10-12), E2E_STEPS
+# steps each (default 6000), under E2E_TIMEOUT seconds (default 560).
+# They are two device calls: RaPTr compiles once per stage, and compiling
+# ahead hides a compile only behind a stage longer than it. On an H200
+# (2026-11-29) a stage's compile took about 30 s and a step 20-34 ms, so
+# 1,500 steps (375-step stages) were too short; 6,000 steps per method take
+# about 8 min (estimate from that run's step times), more than fits beside
+# the grids in one 10-minute call.
+#   BACKENDS=jax,torch bash benchmarks/gpu/run.sh      # grids, about 6 min
+#   MODE=e2e bash benchmarks/gpu/run.sh                 # about 8-9 min
 # COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
+#   SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SIZE="${SIZE:-gpu}"
@@ -32,16 +40,6 @@ if ! "$PY" -c "import keras" 2>/dev/null; then
 fi
 export PYTHONPATH="$(pwd):${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 export TF_CPP_MIN_LOG_LEVEL=3 XLA_PYTHON_CLIENT_PREALLOCATE=false
-E2E_DONE=0
-run_e2e() {
-    E2E_DONE=1
-    [ "${E2E_STEPS:-1500}" = 0 ] && return
-    echo "== end to end: jax, ${E2E_STEPS:-1500} steps (limit ${E2E_TIMEOUT} s)"
-    timeout "$E2E_TIMEOUT" "$PY" benchmarks/step_time.py --size "$SIZE" \
-        --backends jax --end-to-end --e2e-steps "${E2E_STEPS:-1500}" \
-        --compile-ahead "${COMPILE_AHEAD:-on}" $MP \
-        || echo "== end to end ended with status $?"
-}
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
@@ -59,24 +57,27 @@ PYEOF
         MP="--mixed-precision mixed_bfloat16"
         DEFAULT_KEEPS=6,12
     fi
-    # Sections run in this order, each under its own time limit (seconds),
-    # so that one slow or failing section leaves the others their time:
-    # the JAX grid, JAX end to end, then the grid of every other backend.
-    GRID_TIMEOUT="${GRID_TIMEOUT:-180}"
-    E2E_TIMEOUT="${E2E_TIMEOUT:-230}"
-    for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
-        if [ "$backend" != jax ] && [ "$E2E_DONE" != 1 ]; then
-            run_e2e
-        fi
-        echo "== step-time grid: $backend (limit ${GRID_TIMEOUT} s)"
-        timeout "$GRID_TIMEOUT" "$PY" benchmarks/step_time.py --size "$SIZE" \
-            --backends "$backend" --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
-            --json "${OUT:-/tmp}/step_time_$backend.json" \
-            || { echo "== grid $backend ended with status $?: the table of" \
-                      "what it finished follows"
-                 [ -s "${OUT:-/tmp}/step_time_$backend.json" ] \
-                     && "$PY" benchmarks/step_time.py --size "$SIZE" \
-                        --table-from "${OUT:-/tmp}/step_time_$backend.json"; }
-    done
-    [ "$E2E_DONE" = 1 ] || run_e2e
+    if [ "${MODE:-grid}" = e2e ]; then
+        E2E_TIMEOUT="${E2E_TIMEOUT:-560}"
+        echo "== end to end: jax, ${E2E_STEPS:-6000} steps" \
+             "(limit ${E2E_TIMEOUT} s)"
+        timeout "$E2E_TIMEOUT" "$PY" benchmarks/step_time.py --size "$SIZE" \
+            --backends jax --end-to-end --e2e-steps "${E2E_STEPS:-6000}" \
+            --compile-ahead "${COMPILE_AHEAD:-on}" $MP \
+            || echo "== end to end ended with status $?"
+    else
+        GRID_TIMEOUT="${GRID_TIMEOUT:-180}"
+        for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
+            echo "== step-time grid: $backend (limit ${GRID_TIMEOUT} s)"
+            timeout "$GRID_TIMEOUT" "$PY" benchmarks/step_time.py \
+                --size "$SIZE" --backends "$backend" \
+                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
+                --json "${OUT:-/tmp}/step_time_$backend.json" \
+                || { echo "== grid $backend ended with status $?: the" \
+                          "table of what it finished follows"
+                     [ -s "${OUT:-/tmp}/step_time_$backend.json" ] \
+                         && "$PY" benchmarks/step_time.py --size "$SIZE" \
+                            --table-from "${OUT:-/tmp}/step_time_$backend.json"; }
+        done
+    fi
 } 2>&1 | tee "$LOG"

@@ -80,9 +80,10 @@ def samples_on_host():
     """Whether the subset is drawn on the host: yes, eagerly.
 
     An eager step would otherwise draw it with about 45 small device
-    operations and several host-to-device copies, which on a GPU, where
-    Keras' eager torch step is host-bound, added about a quarter to the step
-    (`docs/benchmarks.md`). Under `torch.compile` the draw stays in the graph.
+    operations and several host-to-device copies: host time in every step,
+    where Keras' eager torch step on a GPU is bound by the host (RaPTr's
+    step took 1.26 x the plain model's on an H200 with that draw;
+    `docs/benchmarks.md`). Under `torch.compile` the draw stays in the graph.
     """
     return not torch.compiler.is_compiling()
 
