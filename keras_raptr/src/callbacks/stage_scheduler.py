@@ -105,7 +105,10 @@ class StageScheduler(keras.callbacks.Callback):
             background thread while the current stage trains, so that a
             stage starts without waiting for it: on JAX the whole compile,
             on TensorFlow the Python trace (the graph is still built at the
-            stage's first step). Defaults to `True`. Torch has nothing to
+            stage's first step). It hides the work only behind a stage that
+            lasts longer than it: on a GPU, where a BERT-Base step compiled
+            in about 30 s and ran in 20-34 ms (H200), a stage needs well over
+            a thousand steps. Defaults to `True`. Torch has nothing to
             prepare.
         verbose: int. `1` logs (at INFO level, and prints) each stage change
             and each stage's compile time. Defaults to `1`.
