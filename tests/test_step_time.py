@@ -68,3 +68,17 @@ def test_a_failed_configuration_is_reported_and_the_others_kept(
     assert sorted((r["kind"], r["keep"]) for r in records) == [
         ("plain", 4), ("plain", 8), ("raptr", 4), ("raptr", 8)
     ]
+
+
+def test_gpu_scripts_parse():
+    # They run only on a lent GPU machine, once, under a time limit: a
+    # syntax error found there costs the whole session's device time.
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+    for script in ("run.sh", "fetch_wheels.sh"):
+        result = subprocess.run(
+            ["bash", "-n", str(root / script)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, (script, result.stderr)
