@@ -348,9 +348,9 @@ class RandomPartStack(keras.layers.Layer):
 
     def _run_sampled_on_host(self, inputs, call_kwargs):
         """An eager step (PyTorch): the keep count and step counter are read
-        on the host (the stack's only synchronisation in the step) and the
-        subset is drawn there by the same hash, bit for bit, as the device
-        path."""
+        on the host (two scalar reads, back to back: the stack's only wait
+        for the device in the step) and the subset is drawn there by the
+        same hash, bit for bit, as the device path."""
         step = int(ops.convert_to_numpy(self.step.value))
         keep_count = int(ops.convert_to_numpy(self.keep_count.value))
         self.step.assign_add(1)
