@@ -340,6 +340,14 @@ print(f"RaPTr took {raptr_result['seconds'] / baseline_result['seconds']:.2f}"
 # steps the held-out losses are close; `docs/demo.md` compares longer runs
 # (the paper's BERT runs are 100,000 steps long).
 #
+# On a GPU the balance moves: a step takes milliseconds, and a stage's
+# compile can take tens of seconds (on an H200, a BERT-Base step took 20-34
+# ms and its compile about 30 s). A stage's compile is prepared while the
+# stage before it trains, so it is hidden only if that stage lasts longer.
+# In a short run the compiles can cost more than RaPTr saves (this project's
+# first H200 run, 1,500 steps in 375-step stages, was one); in pretraining,
+# with stages of thousands of steps, they hide behind the training.
+#
 # Plotting the loss against wall-clock time shows what the savings buy.
 
 # %%
