@@ -301,7 +301,6 @@ def main():
     else:
         keeps = [max(layers // 4, 2), layers // 2, layers]
     keeps = sorted(set(keeps))
-    records = []
     try:
         from tqdm import tqdm
     except ImportError:  # progress bar is optional

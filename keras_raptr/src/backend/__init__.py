@@ -25,9 +25,6 @@ a background thread; on torch `None`.
 should run the straight-line path for it (see RandomPartStack._run_gathered).
 `compiles_train_step(model)` says whether `fit` traces and compiles the
 model's training step (so a new stage's step has a compile time to report).
-`samples_on_host()` says whether the stack's call runs eagerly and should
-draw its subset on the host (`sampling.host_keep_mask`) instead of with
-device operations.
 """
 
 import keras
@@ -38,17 +35,14 @@ if _BACKEND == "jax":
     from keras_raptr.src.backend.jax import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.jax import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
-    from keras_raptr.src.backend.jax import samples_on_host  # noqa: F401
     from keras_raptr.src.backend.jax import trace_for_keep_count  # noqa: F401
 elif _BACKEND == "torch":
     from keras_raptr.src.backend.torch import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.torch import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
-    from keras_raptr.src.backend.torch import samples_on_host  # noqa: F401
     from keras_raptr.src.backend.torch import trace_for_keep_count  # noqa: F401
 else:
     from keras_raptr.src.backend.tensorflow import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.tensorflow import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401
-    from keras_raptr.src.backend.tensorflow import samples_on_host  # noqa: F401
     from keras_raptr.src.backend.tensorflow import trace_for_keep_count  # noqa: F401

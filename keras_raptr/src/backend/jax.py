@@ -104,12 +104,6 @@ def trace_for_keep_count():
     return True
 
 
-def samples_on_host():
-    """Whether the subset is drawn on the host: no, the stack's call is
-    traced into the compiled step here, where the device draws it."""
-    return False
-
-
 def compiles_train_step(model):
     """Whether `fit` jits the training step (Keras: `jit_compile`, the
     default on JAX, and not `run_eagerly`)."""

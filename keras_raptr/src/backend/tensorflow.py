@@ -87,12 +87,6 @@ def trace_for_keep_count():
     return True
 
 
-def samples_on_host():
-    """Whether the subset is drawn on the host: no, the stack's call is
-    traced into the compiled step here, where the device draws it."""
-    return False
-
-
 def compiles_train_step(model):
     """Whether `fit` traces the training step into a `tf.function` (with or
     without XLA): whenever it does not run eagerly."""

@@ -70,22 +70,16 @@ def trace_for_keep_count():
     """Whether a step traced for a known keep count should use it.
 
     Eagerly, Python already runs exactly the kept blocks (no weight
-    gathering needed). Under `torch.compile` the straight-line path keeps
-    the graph free of data-dependent branches.
+    gathering needed), and the stack draws the subset on the host
+    (`RandomPartStack._run_sampled_on_host`): drawing it with device
+    operations took about 45 small ones and several host-to-device copies,
+    host time in every step, where Keras' eager torch step on a GPU is bound
+    by the host (RaPTr's step took 1.26 x the plain model's on an H200 with
+    that draw; `docs/benchmarks.md`). Under `torch.compile` the
+    straight-line path keeps the graph free of data-dependent branches, and
+    the draw stays in the graph.
     """
     return torch.compiler.is_compiling()
-
-
-def samples_on_host():
-    """Whether the subset is drawn on the host: yes, eagerly.
-
-    An eager step would otherwise draw it with about 45 small device
-    operations and several host-to-device copies: host time in every step,
-    where Keras' eager torch step on a GPU is bound by the host (RaPTr's
-    step took 1.26 x the plain model's on an H200 with that draw;
-    `docs/benchmarks.md`). Under `torch.compile` the draw stays in the graph.
-    """
-    return not torch.compiler.is_compiling()
 
 
 def compiles_train_step(model):

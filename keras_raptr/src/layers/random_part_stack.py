@@ -313,7 +313,8 @@ class RandomPartStack(keras.layers.Layer):
                 x = call_block(block, x, call_kwargs)
             return x
 
-        if backend.samples_on_host():
+        if not backend.trace_for_keep_count():
+            # Eager (PyTorch): the subset is drawn on the host.
             return self._run_sampled_on_host(inputs, call_kwargs)
         num_fixed = len(self.fixed)
         num_free_kept = ops.subtract(self.keep_count.value, num_fixed)
@@ -328,8 +329,6 @@ class RandomPartStack(keras.layers.Layer):
         self.step.assign_add(1)
         post = self._make_post(keep_probability)
         compiled = self._traced_keep_count()
-        if not backend.trace_for_keep_count():
-            compiled = None
         if compiled is not None and compiled == self.num_blocks:
             x = inputs  # last stage: the plain full model
             for block in self.blocks:
@@ -362,7 +361,7 @@ class RandomPartStack(keras.layers.Layer):
         mask = sampler.host_keep_mask(
             self._seed_int32,
             step,
-            len(self._free),
+            self._offsets,
             num_free_kept,
             self.sampling,
             keep_probability,

@@ -77,14 +77,15 @@ def block_hashes(seed_int32, step, offsets):
 
 
 def numpy_block_hashes(seed, step, count):
-    return _host_block_hashes(seed_hash(seed), step, count)
+    return _host_block_hashes(seed_hash(seed), step, index_offsets(count))
 
 
-def _host_block_hashes(seed_int32, step, count):
+def _host_block_hashes(seed_int32, step, offsets):
     seed32 = np.uint32(seed_int32 & 0xFFFFFFFF)
     base = _numpy_fmix32(np.uint32(step & 0xFFFFFFFF) ^ seed32)
+    offsets = np.asarray(offsets, dtype=np.int32).view(np.uint32)
     with np.errstate(over="ignore"):
-        return _numpy_fmix32(base + index_offsets(count).view(np.uint32))
+        return _numpy_fmix32(base + offsets)
 
 
 def uniform_from_hashes(hashes):
@@ -147,17 +148,18 @@ def kept_positions(mask, num_kept):
 
 def numpy_keep_mask(seed, step, count, num_to_keep, sampling, keep_probability):
     return host_keep_mask(
-        seed_hash(seed), step, count, num_to_keep, sampling, keep_probability
+        seed_hash(seed), step, index_offsets(count), num_to_keep, sampling,
+        keep_probability,
     )
 
 
-def host_keep_mask(seed_int32, step, count, num_to_keep, sampling,
+def host_keep_mask(seed_int32, step, offsets, num_to_keep, sampling,
                    keep_probability):
-    """`keep_mask(block_hashes(seed_int32, step, ...), ...)` computed with
-    NumPy on the host, bit for bit: the subset an eager step draws without
-    device operations (`backend.samples_on_host`). `keep_probability` must
-    be the float32 value the device path uses."""
-    hashes = _host_block_hashes(seed_int32, step, count)
+    """`keep_mask(block_hashes(seed_int32, step, offsets), ...)` computed
+    with NumPy on the host, bit for bit: the subset an eager PyTorch step
+    draws without device operations. `keep_probability` must be the float32
+    value the device path uses."""
+    hashes = _host_block_hashes(seed_int32, step, offsets)
     if sampling == "exact":
         scores = hashes.view(np.int32) & 0x7FFFFFFF
         ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
