@@ -313,6 +313,43 @@ def test_mixed_precision_fit(policy):
     )
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the eager torch skip")
+def test_skipped_blocks_cost_no_cast_under_mixed_precision():
+    # Under mixed precision the stack calls its blocks in an autocast scope,
+    # where reading a weight casts it to the compute dtype. A skipped block
+    # must not pay that (a copy of each weight forward, and of its zero
+    # gradient backward): its zero gradients go to the weights as stored,
+    # in their dtype, and are exact zeros.
+    import torch
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model, stack, blocks = make_model(num_blocks=6, keep_count=2)
+    x = torch.ones((8, 4), requires_grad=True)
+    y = stack(x, training=True)
+    skips, pending, seen = [], [y.grad_fn], set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_IdentityWithZeroGradBackward":
+            skips.append(node)
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    assert len(skips) == 4  # six blocks, two kept (the fixed ones)
+    for node in skips:
+        weight_inputs = [n for n, _ in node.next_functions[1:]]
+        assert [type(n).__name__ for n in weight_inputs] == [
+            "AccumulateGrad"
+        ] * len(weight_inputs)
+    ops.sum(y).backward()
+    ran = counts(blocks) > 0
+    for block, was_run in zip(blocks, ran):
+        grads = [v.value.grad for v in block.trainable_variables]
+        assert all(g.dtype == torch.float32 for g in grads)
+        if not was_run:
+            assert all(not g.any() for g in grads)
+
+
 def test_saving_round_trip(tmp_path):
     model, stack, blocks = make_model(
         num_blocks=5, keep_count=3, fixed=[0], sampling="bernoulli",

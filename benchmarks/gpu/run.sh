@@ -16,6 +16,12 @@
 # the grids in one 10-minute call.
 #   BACKENDS=jax,torch bash benchmarks/gpu/run.sh      # grids, about 6 min
 #   MODE=e2e bash benchmarks/gpu/run.sh                 # about 8-9 min
+# MODE=ops: what one step issues, RaPTr against plain (benchmarks/step_ops.py):
+# torch's operators, kernel launches and synchronisations per step, JAX's
+# compiled bytes and kernels; each backend in BACKENDS under OPS_TIMEOUT
+# seconds (default 240). About 3 min for both (estimate: four compiles of
+# about 25 s on JAX, 40 profiled steps on torch).
+#   MODE=ops bash benchmarks/gpu/run.sh
 # COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 #   SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
@@ -65,6 +71,15 @@ PYEOF
             --backends jax --end-to-end --e2e-steps "${E2E_STEPS:-6000}" \
             --compile-ahead "${COMPILE_AHEAD:-on}" $MP \
             || echo "== end to end ended with status $?"
+    elif [ "${MODE:-grid}" = ops ]; then
+        OPS_TIMEOUT="${OPS_TIMEOUT:-240}"
+        for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
+            echo "== step anatomy: $backend (limit ${OPS_TIMEOUT} s)"
+            KERAS_BACKEND="$backend" timeout "$OPS_TIMEOUT" "$PY" \
+                benchmarks/step_ops.py --size "$SIZE" --steps 10 \
+                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
+                || echo "== step anatomy $backend ended with status $?"
+        done
     else
         GRID_TIMEOUT="${GRID_TIMEOUT:-180}"
         for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do

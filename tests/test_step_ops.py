@@ -1,0 +1,90 @@
+"""The step-anatomy benchmark (`benchmarks/step_ops.py`), and what it checks:
+RaPTr's last stage issues the plain full model's work."""
+
+import keras
+import pytest
+
+from tests.common import load_script
+
+BACKEND = keras.config.backend()
+
+HLO = """\
+HloModule step
+
+%fused_add (a: f32[4], b: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %b = f32[4]{0} parameter(1)
+  ROOT %add.1 = f32[4]{0} add(f32[4]{0} %a, f32[4]{0} %b)
+}
+
+%sum (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %add.2 = f32[] add(f32[] %x, f32[] %y)
+}
+
+%skip (t: (f32[4])) -> (f32[4]) {
+  ROOT %t = (f32[4]) parameter(0)
+}
+
+ENTRY %main (p0: f32[4], p1: f32[4], c: pred[]) -> (f32[4], f32[]) {
+  %p0 = f32[4]{0} parameter(0)
+  %p1 = f32[4]{0} parameter(1)
+  %c = pred[] parameter(2)
+  %f = f32[4]{0} fusion(%p0, %p1), kind=kLoop, calls=%fused_add
+  %zero = f32[] constant(0)
+  %r = f32[] reduce(%f, %zero), dimensions={0}, to_apply=%sum
+  %g = (f32[4], s8[8]) custom-call(%f, %p1), custom_call_target="gemm"
+  %t = (f32[4]) tuple(%f)
+  %k = (f32[4]) conditional(%c, %t, %t), branch_computations={%skip, %skip}
+  %copy = f32[4]{0} copy(%f)
+  ROOT %tuple = (f32[4]{0}, f32[]) tuple(f32[4]{0} %copy, f32[] %r)
+}
+"""
+
+
+def test_hlo_kernels_counts_work_outside_fusion_bodies_and_reducers():
+    step_ops = load_script("benchmarks", "step_ops.py")
+    # The fusion, reduce, custom call (tuple-shaped, as cuBLAS calls are on
+    # a GPU), conditional and copy launch work; parameters, the constant and
+    # tuples do not; the fusion body and the reducer run inside kernels. The
+    # conditional's branches are counted as computations of their own.
+    assert step_ops.hlo_kernels(HLO) == (5, 1)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--keeps", "1,12"], "--keeps takes comma-separated keep counts in"),
+    (["--keeps", "6,x"], "--keeps takes comma-separated keep counts in"),
+    (["--batch", "0"], "--batch takes a positive int; got 0"),
+])
+def test_bad_arguments_are_refused_before_any_run(
+    argv, expected, monkeypatch, capsys
+):
+    step_ops = load_script("benchmarks", "step_ops.py")
+    monkeypatch.setattr(
+        step_ops, "measure_all", lambda *a: pytest.fail("a run started")
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        step_ops.main(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="jax and torch only")
+def test_the_last_stage_issues_the_plain_full_models_work():
+    # At k = L the stage's step is the plain loop over the blocks: on JAX
+    # the same FLOPs, bytes and kernels (give or take the step counter's
+    # few); on eager torch the same operators, give or take the subset's
+    # host draw, and no extra host read of a device value.
+    step_ops = load_script("benchmarks", "step_ops.py")
+    s = dict(step_ops.SIZES["tiny"], layers=4, steps=2, warmup=1)
+    rows = step_ops.measure_all(s, [4])
+    plain, raptr = rows["plain", 4], rows["raptr", 4]
+    if BACKEND == "jax":
+        assert raptr["gflop"] == pytest.approx(plain["gflop"], rel=1e-3)
+        assert raptr["gb"] == pytest.approx(plain["gb"], rel=1e-2)
+        assert abs(raptr["kernels"] - plain["kernels"]) <= 4
+        assert raptr["conditionals"] == plain["conditionals"] == 0
+    else:
+        assert raptr["ops"] <= plain["ops"] * 1.01
+        assert raptr["host_reads"] == plain["host_reads"]
