@@ -88,3 +88,18 @@ def test_the_last_stage_issues_the_plain_full_models_work():
     else:
         assert raptr["ops"] <= plain["ops"] * 1.01
         assert raptr["host_reads"] == plain["host_reads"]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="eager torch's skip")
+def test_torch_skip_cost_prints_its_row(capsys):
+    skip_cost = load_script("benchmarks", "torch_skip_cost.py")
+    skip_cost.main(["--blocks", "1", "--batch", "1", "--reps", "1"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| 1 | 7.1 M | mixed_bfloat16 | cpu |")
+
+
+def test_torch_skip_cost_refuses_bad_counts(capsys):
+    skip_cost = load_script("benchmarks", "torch_skip_cost.py")
+    with pytest.raises(SystemExit):
+        skip_cost.main(["--blocks", "0"])
+    assert "--blocks takes a positive int; got 0" in capsys.readouterr().err
