@@ -22,6 +22,8 @@
 # seconds (default 240). About 3 min for both (estimate: four compiles of
 # about 25 s on JAX, 40 profiled steps on torch).
 #   MODE=ops bash benchmarks/gpu/run.sh
+# MODE takes several sections, run in order, e.g. after an e2e call:
+#   MODE=grid,ops BACKENDS=torch bash benchmarks/gpu/run.sh  # about 3.5 min
 # COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 #   SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
@@ -63,7 +65,9 @@ PYEOF
         MP="--mixed-precision mixed_bfloat16"
         DEFAULT_KEEPS=6,12
     fi
-    if [ "${MODE:-grid}" = e2e ]; then
+    for mode in $(echo "${MODE:-grid}" | tr , ' '); do
+    case "$mode" in
+    e2e)
         E2E_TIMEOUT="${E2E_TIMEOUT:-560}"
         echo "== end to end: jax, ${E2E_STEPS:-6000} steps" \
              "(limit ${E2E_TIMEOUT} s)"
@@ -71,7 +75,8 @@ PYEOF
             --backends jax --end-to-end --e2e-steps "${E2E_STEPS:-6000}" \
             --compile-ahead "${COMPILE_AHEAD:-on}" $MP \
             || echo "== end to end ended with status $?"
-    elif [ "${MODE:-grid}" = ops ]; then
+        ;;
+    ops)
         OPS_TIMEOUT="${OPS_TIMEOUT:-240}"
         for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
             echo "== step anatomy: $backend (limit ${OPS_TIMEOUT} s)"
@@ -80,7 +85,8 @@ PYEOF
                 --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
                 || echo "== step anatomy $backend ended with status $?"
         done
-    else
+        ;;
+    grid)
         GRID_TIMEOUT="${GRID_TIMEOUT:-180}"
         for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
             echo "== step-time grid: $backend (limit ${GRID_TIMEOUT} s)"
@@ -94,5 +100,11 @@ PYEOF
                          && "$PY" benchmarks/step_time.py --size "$SIZE" \
                             --table-from "${OUT:-/tmp}/step_time_$backend.json"; }
         done
-    fi
+        ;;
+    *)
+        echo "MODE takes a comma-separated list of grid, e2e and ops;" \
+             "got '$mode'" >&2
+        ;;
+    esac
+    done
 } 2>&1 | tee "$LOG"
