@@ -14,8 +14,9 @@ Where step times are noisy (a 2-core CPU) or a machine is lent for minutes
 
 For each k it compares `plain k` (a plain model holding only k blocks, the
 limit) with `raptr k` (a RandomPartStack of L blocks, first and last fixed,
-its step traced for k as `StageScheduler` traces it). The model is
-`step_time.py`'s (BERT-pretraining shaped).
+its step traced for k as `StageScheduler` traces it), and with `--dynamic`
+on JAX `dynamic k` (the same stack, its step reading the keep count at run
+time). The model is `step_time.py`'s (BERT-pretraining shaped).
 
     KERAS_BACKEND=torch .venv/bin/python benchmarks/step_ops.py \\
         --size tiny --keeps 6,12 --mixed-precision mixed_bfloat16
@@ -107,6 +108,7 @@ def hlo_kernels(hlo_text):
 
 
 def _build(s, kind, keep):
+    kind = "raptr" if kind == "dynamic" else kind
     model, data, labels = step_time.build_model(s, kind, keep)
     n = s["batch"] * s["steps"]
     return model, [d[:n] for d in data], labels[:n]
@@ -124,9 +126,13 @@ def measure_jax(s, kind, keep):
 
     model, data, labels = _build(s, kind, keep)
     stacks = [la for la in model.layers if isinstance(la, RandomPartStack)]
-    step = raptr_jax.retrace_train_function(
-        model, bind=lambda: tracing_keep_count(stacks, keep)
-    )
+    # `raptr`: the step traced for k, as StageScheduler traces it;
+    # `dynamic`: the step that reads the keep count at run time.
+    bind = None
+    if kind == "raptr":
+        def bind():
+            return tracing_keep_count(stacks, keep)
+    step = raptr_jax.retrace_train_function(model, bind=bind)
     # One step records the step's abstract arguments.
     _fit(model, [d[: s["batch"]] for d in data], labels[: s["batch"]], s)
     args, kwargs = step.example_args
@@ -182,8 +188,9 @@ def measure_torch(s, kind, keep):
     )
 
 
-def measure_all(s, keeps, policy=None):
-    """`{(kind, k): counts}` for `plain` and `raptr` at each k, on the
+def measure_all(s, keeps, policy=None, dynamic=False):
+    """`{(kind, k): counts}` for `plain` and `raptr` at each k (and, on JAX
+    with `dynamic`, the run-time keep count path at each k < L), on the
     current backend (jax or torch), under the dtype `policy` if given."""
     import keras
 
@@ -192,7 +199,10 @@ def measure_all(s, keeps, policy=None):
     s = dict(s, jit_compile=backend == "jax")
     rows = {}
     for keep in keeps:
-        for kind in ("plain", "raptr"):
+        kinds = ["plain", "raptr"]
+        if dynamic and backend == "jax" and keep < s["layers"]:
+            kinds.append("dynamic")
+        for kind in kinds:
             keras.utils.clear_session()  # also resets the dtype policy
             if policy:
                 keras.mixed_precision.set_global_policy(policy)
@@ -212,6 +222,9 @@ def main(argv=None):
                         help="profiled steps (torch; default: the size's)")
     parser.add_argument("--mixed-precision", default=None,
                         help="a Keras dtype policy, e.g. mixed_bfloat16")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="JAX: also the run-time keep count path (one "
+                        "conditional per block) at each k < L")
     parser.add_argument("--top", type=int, default=12,
                         help="operators listed per k (torch)")
     args = parser.parse_args(argv)
@@ -244,7 +257,7 @@ def main(argv=None):
     backend = keras.config.backend()
     if backend not in ("jax", "torch"):
         parser.error(f"runs on the jax and torch backends, not {backend}")
-    rows = measure_all(s, keeps, args.mixed_precision)
+    rows = measure_all(s, keeps, args.mixed_precision, args.dynamic)
     print(
         f"\n{backend}, L={num_blocks} blocks (TransformerEncoder dim="
         f"{s['dim']}, ff={s['ff']}), seq={s['seq']}, batch={s['batch']}, "

@@ -4,13 +4,47 @@ import contextlib
 import threading
 import time
 
+import keras
 from keras import ops
 
 # Keras keeps the mask of a tensor in this private attribute store; KerasHub
 # reads it the same way (`keras_hub/src/layers/modeling/
 # transformer_layer_utils.py`).
+from keras.src.backend import AutocastScope
 from keras.src.backend import get_keras_mask
 from keras.src.backend import set_keras_mask
+
+
+def stored_values(variables):
+    """The variables' values as stored, not autocast.
+
+    The stack calls its blocks inside its autocast scope (mixed precision),
+    where reading a float variable casts it to the compute dtype. Weights
+    read this way outside a block's run cost a cast even where the block is
+    skipped, and state read this way and written back would lose precision
+    (a frozen block's float32 weights are non-trainable state).
+    `stateless_call` casts what the block reads, as a plain call would.
+    """
+    with AutocastScope(None):
+        return [v.value for v in variables]
+
+
+def stored_state(new_state, state):
+    """The state to write back after `block.stateless_call(..., state)`,
+    where `state` came from `stored_values`.
+
+    A value the block assigned has its variable's dtype (`assign` converts
+    to it). A value of another dtype is the autocast read of a variable the
+    block did not assign, and that variable keeps its stored value.
+    """
+    return [
+        new if _dtype(new) == _dtype(old) else old
+        for new, old in zip(new_state, state)
+    ]
+
+
+def _dtype(value):
+    return keras.backend.standardize_dtype(value.dtype)
 
 
 def block_call_args(block, x, call_kwargs):
@@ -60,14 +94,17 @@ def _run_free_block(keep, block, x, call_kwargs, post):
     branches return a state of the same structure, assigned after the cond
     (where the enclosing trainer scope records it).
     """
-    trainable = [v.value for v in block.trainable_variables]
+    # As stored: the taken branch casts what the block reads (a skipped
+    # block casts nothing), and both branches return state in its own
+    # dtype.
+    trainable = stored_values(block.trainable_variables)
     state_variables = block.non_trainable_variables
-    state = [v.value for v in state_variables]
+    state = stored_values(state_variables)
     x, call_kwargs = block_call_args(block, x, call_kwargs)
 
     def run():
         y, new_state = block.stateless_call(trainable, state, x, **call_kwargs)
-        return post(x, y), list(new_state)
+        return post(x, y), stored_state(new_state, state)
 
     def skip():
         return x, state

@@ -13,9 +13,9 @@ graph would recompile for every new subset.
 """
 
 import torch
-from keras.src.backend import AutocastScope
 
 from keras_raptr.src.backend.common import call_block
+from keras_raptr.src.backend.common import stored_values
 
 
 class _IdentityWithZeroGrad(torch.autograd.Function):
@@ -36,13 +36,9 @@ class _IdentityWithZeroGrad(torch.autograd.Function):
 def _skip(block, x):
     if not torch.is_grad_enabled():
         return x
-    # The weights as stored, not autocast: under mixed precision the stack
-    # calls its blocks inside an autocast scope, where reading a weight
-    # casts it to the compute dtype, a copy of every weight of a block that
-    # does not run, and the cast's backward a second one for its zero
-    # gradient.
-    with AutocastScope(None):
-        weights = [v.value for v in block.trainable_variables]
+    # As stored: an autocast read would copy every weight of a block that
+    # does not run, and the cast's backward its zero gradient.
+    weights = stored_values(block.trainable_variables)
     weights = [w for w in weights if w.requires_grad]
     if not weights:
         return x

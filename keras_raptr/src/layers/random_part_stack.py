@@ -10,6 +10,8 @@ from keras_raptr.src.api_export import raptr_export
 from keras_raptr.src.backend.common import block_call_args
 from keras_raptr.src.backend.common import call_block
 from keras_raptr.src.backend.common import get_keras_mask
+from keras_raptr.src.backend.common import stored_state
+from keras_raptr.src.backend.common import stored_values
 from keras_raptr.src.layers import sampling as sampler
 from keras_raptr.src.utils import is_int
 
@@ -481,23 +483,31 @@ class RandomPartStack(keras.layers.Layer):
         if has_fixed:
             is_fixed = ops.take(fixed_flags, kept)
 
-        def stacked(variables_of):
-            columns = zip(*[variables_of(block) for block in middle])
-            return [ops.stack([v.value for v in col]) for col in columns]
+        def stacked(values_of):
+            columns = zip(*[values_of(block) for block in middle])
+            return [ops.stack(list(column)) for column in columns]
 
-        trainable = stacked(lambda b: b.trainable_variables)
-        state = stacked(lambda b: b.non_trainable_variables)
+        # Weights as the blocks read them (autocast under mixed precision:
+        # the stack and the gathers move compute-dtype copies). State as
+        # stored, so that what a block does not assign is written back
+        # unchanged (a frozen block's weights are state).
+        trainable = stacked(
+            lambda b: [v.value for v in b.trainable_variables]
+        )
+        state = stacked(lambda b: stored_values(b.non_trainable_variables))
         template = middle[0]
         new_states = []
         for slot in range(num_slots):
             index = kept[slot]
             x, slot_kwargs = block_call_args(template, x, call_kwargs)
+            slot_state = [ops.take(v, index, axis=0) for v in state]
             y, new_state = template.stateless_call(
                 [ops.take(w, index, axis=0) for w in trainable],
-                [ops.take(v, index, axis=0) for v in state],
+                slot_state,
                 x,
                 **slot_kwargs,
             )
+            new_state = stored_state(new_state, slot_state)
             if has_fixed:
                 x = ops.where(is_fixed[slot], ops.cast(y, x.dtype), post(x, y))
             else:
