@@ -11,6 +11,7 @@ from keras import ops
 # reads it the same way (`keras_hub/src/layers/modeling/
 # transformer_layer_utils.py`).
 from keras.src.backend import AutocastScope
+from keras.src.backend import get_autocast_scope
 from keras.src.backend import get_keras_mask
 from keras.src.backend import set_keras_mask
 
@@ -25,6 +26,11 @@ def stored_values(variables):
     (a frozen block's float32 weights are non-trainable state).
     `stateless_call` casts what the block reads, as a plain call would.
     """
+    if get_autocast_scope() is None:
+        # Nothing is autocast. (Entering a scope would also create Keras'
+        # global `autocast_scope` attribute, on which `torch.compile`
+        # guards: one more compile of the step.)
+        return [v.value for v in variables]
     with AutocastScope(None):
         return [v.value for v in variables]
 
