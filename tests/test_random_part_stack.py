@@ -313,6 +313,17 @@ def test_mixed_precision_fit(policy):
     )
 
 
+def _fit_8_steps_at_3_of_6(model, scheduled):
+    """8 `fit` steps at keep count 3, with a one-stage `StageScheduler`
+    (the straight-line path) or without (the run-time path)."""
+    callbacks = []
+    if scheduled:
+        callbacks = [keras_raptr.StageScheduler(
+            [(3, None)], allow_partial_final=True, verbose=0)]
+    x, y = data(64)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+
+
 @pytest.mark.parametrize("scheduled", [False, True])
 @pytest.mark.parametrize("frozen", [[2], [1, 2, 3, 4]])
 def test_frozen_weights_keep_their_precision_under_mixed_precision(
@@ -334,12 +345,7 @@ def test_frozen_weights_keep_their_precision_under_mixed_precision(
         )
     before = [ops.convert_to_numpy(blocks[i].dense.kernel) for i in frozen]
     model.compile("adam", "mse")
-    callbacks = []
-    if scheduled:
-        callbacks = [keras_raptr.StageScheduler(
-            [(3, None)], allow_partial_final=True, verbose=0)]
-    x, y = data(64)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+    _fit_8_steps_at_3_of_6(model, scheduled)
     np.testing.assert_array_equal(counts(blocks), reference_counts(
         6, (0, 5), [3] * 8))
     for index, old in zip(frozen, before):
@@ -379,12 +385,7 @@ def test_blocks_assigning_float_state_under_mixed_precision(scheduled):
     stack = keras_raptr.RandomPartStack(blocks, keep_count=3)
     model = keras.Model(inputs, keras.layers.Dense(1)(stack(inputs)))
     model.compile("adam", "mse")
-    callbacks = []
-    if scheduled:
-        callbacks = [keras_raptr.StageScheduler(
-            [(3, None)], allow_partial_final=True, verbose=0)]
-    x, y = data(64)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+    _fit_8_steps_at_3_of_6(model, scheduled)
     calls = [float(ops.convert_to_numpy(b.calls)) for b in blocks]
     np.testing.assert_array_equal(calls, reference_counts(6, (0, 5), [3] * 8))
 
