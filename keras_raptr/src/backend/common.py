@@ -7,11 +7,14 @@ import time
 import keras
 from keras import ops
 
+# The autocast scope a layer enters under mixed precision (private, as in
+# `keras/src/layers/layer.py`).
+from keras.src.backend import AutocastScope
+from keras.src.backend import get_autocast_scope
+
 # Keras keeps the mask of a tensor in this private attribute store; KerasHub
 # reads it the same way (`keras_hub/src/layers/modeling/
 # transformer_layer_utils.py`).
-from keras.src.backend import AutocastScope
-from keras.src.backend import get_autocast_scope
 from keras.src.backend import get_keras_mask
 from keras.src.backend import set_keras_mask
 
