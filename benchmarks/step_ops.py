@@ -257,6 +257,11 @@ def main(argv=None):
     backend = keras.config.backend()
     if backend not in ("jax", "torch"):
         parser.error(f"runs on the jax and torch backends, not {backend}")
+    if backend == "torch" and args.dynamic:
+        parser.error("--dynamic applies to jax only (eager torch always "
+                     "reads the keep count at run time)")
+    if backend == "jax" and args.steps is not None:
+        parser.error("--steps applies to torch only (jax compiles one step)")
     rows = measure_all(s, keeps, args.mixed_precision, args.dynamic)
     print(
         f"\n{backend}, L={num_blocks} blocks (TransformerEncoder dim="

@@ -52,6 +52,22 @@ def test_hlo_kernels_counts_work_outside_fusion_bodies_and_reducers():
     assert step_ops.hlo_kernels(HLO) == (5, 1)
 
 
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="jax and torch only")
+def test_options_of_the_other_backend_are_refused(monkeypatch, capsys):
+    step_ops = load_script("benchmarks", "step_ops.py")
+    monkeypatch.setattr(
+        step_ops, "measure_all", lambda *a: pytest.fail("a run started")
+    )
+    argv, expected = {
+        "torch": (["--dynamic"], "--dynamic applies to jax only"),
+        "jax": (["--steps", "4"], "--steps applies to torch only"),
+    }[BACKEND]
+    with pytest.raises(SystemExit) as exit_info:
+        step_ops.main(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--keeps", "1,12"], "--keeps takes comma-separated keep counts in"),
     (["--keeps", "6,x"], "--keeps takes comma-separated keep counts in"),

@@ -80,8 +80,10 @@ PYEOF
         OPS_TIMEOUT="${OPS_TIMEOUT:-240}"
         for backend in $(echo "${BACKENDS:-jax,torch}" | tr , ' '); do
             echo "== step anatomy: $backend (limit ${OPS_TIMEOUT} s)"
+            STEPS=""  # profiled steps: torch only (JAX compiles one step)
+            [ "$backend" = torch ] && STEPS="--steps 10"
             KERAS_BACKEND="$backend" timeout "$OPS_TIMEOUT" "$PY" \
-                benchmarks/step_ops.py --size "$SIZE" --steps 10 \
+                benchmarks/step_ops.py --size "$SIZE" $STEPS \
                 --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
                 || echo "== step anatomy $backend ended with status $?"
         done
