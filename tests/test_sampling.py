@@ -1,7 +1,9 @@
 """Property tests of the subset sampler, on the backend and via the layer."""
 
+import functools
 import itertools
 import re
+import threading
 
 import keras
 import numpy as np
@@ -300,3 +302,72 @@ def test_eager_torch_draws_the_subset_on_the_host(mode, monkeypatch):
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 10 steps
     expected = reference_counts(6, (0,), [3] * 10, sampling_mode=mode)
     np.testing.assert_array_equal(counts(blocks), expected)
+
+
+_HOST_READS = ("item", "tolist", "numpy", "__array__", "__int__",
+               "__float__", "__bool__", "__index__")
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "torch",
+    reason="only an eager PyTorch step reads its counters on the host",
+)
+def test_eager_torch_step_reads_the_device_only_after_a_write(monkeypatch):
+    # On a GPU every host read of a device value waits for the device to
+    # finish its queue. The stack keeps host copies of its step counter and
+    # keep count: it reads them at the first step, and again only after
+    # something else wrote them (here StageScheduler, at its stage change,
+    # and a bare assign between two fits). The subsets stay exact.
+    import torch
+
+    # Keras pythonifies each step's logs on a background thread: count the
+    # training thread's reads inside the stack only.
+    reads, inside = [], threading.local()
+    for name in _HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            if getattr(inside, "flag", False):
+                reads[-1] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    original_call = keras_raptr.RandomPartStack.call
+
+    @functools.wraps(original_call)  # Keras reads the call signature
+    def call(self, *args, **kwargs):
+        inside.flag = True
+        try:
+            return original_call(self, *args, **kwargs)
+        finally:
+            inside.flag = False
+
+    monkeypatch.setattr(keras_raptr.RandomPartStack, "call", call)
+
+    class PerStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            reads.append(0)
+
+    model, stack, blocks = make_model(num_blocks=6, fixed=(0,))
+    model.compile("adamw", "mse")
+    x, y = data(num=80)
+    scheduler = keras_raptr.StageScheduler([(3, 5), (6, None)])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+              callbacks=[scheduler, PerStep()])  # 10 steps
+    assert reads == [2, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+    np.testing.assert_array_equal(
+        counts(blocks), reference_counts(6, (0,), [3] * 5 + [6] * 5)
+    )
+
+    # A write from elsewhere (a restore, a bare assign) is read once.
+    stack.step.assign(1000)
+    stack.keep_count.assign(4)
+    before = counts(blocks)
+    reads.clear()
+    model.fit(x[:32], y[:32], batch_size=8, epochs=1, verbose=0,
+              callbacks=[PerStep()])  # 4 steps, keep count read at run time
+    assert reads == [2, 0, 0, 0]
+    np.testing.assert_array_equal(
+        counts(blocks) - before,
+        reference_counts(6, (0,), [4] * 4, first_step=1000),
+    )

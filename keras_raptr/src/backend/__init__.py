@@ -23,6 +23,9 @@ and TensorFlow it returns the new step (a `common.StepAhead`), which
 a background thread; on torch `None`.
 `trace_for_keep_count()` says whether a step traced for a known keep count
 should run the straight-line path for it (see RandomPartStack._run_gathered).
+`HostScalars()` keeps host copies of the stack's counters for an eager step
+that draws its subset on the host (PyTorch: reading them from a GPU waits
+for the device, so the torch version reads only after another write).
 `compiles_train_step(model)` says whether `fit` traces and compiles the
 model's training step (so a new stage's step has a compile time to report).
 """
@@ -32,16 +35,19 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
+    from keras_raptr.src.backend.jax import HostScalars  # noqa: F401
     from keras_raptr.src.backend.jax import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.jax import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
     from keras_raptr.src.backend.jax import trace_for_keep_count  # noqa: F401
 elif _BACKEND == "torch":
+    from keras_raptr.src.backend.torch import HostScalars  # noqa: F401
     from keras_raptr.src.backend.torch import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.torch import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
     from keras_raptr.src.backend.torch import trace_for_keep_count  # noqa: F401
 else:
+    from keras_raptr.src.backend.tensorflow import HostScalars  # noqa: F401
     from keras_raptr.src.backend.tensorflow import compiles_train_step  # noqa: F401
     from keras_raptr.src.backend.tensorflow import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401

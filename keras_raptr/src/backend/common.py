@@ -56,6 +56,23 @@ def _dtype(value):
     return keras.backend.standardize_dtype(value.dtype)
 
 
+class HostScalars:
+    """Host copies of int scalar variables, for a step that runs eagerly
+    and decides in Python what to compute (eager PyTorch: which blocks).
+
+    `read(variables)` returns their values as Python ints;
+    `assigned(variable, value)` tells it the value just assigned to one of
+    them. This version reads the device each time; the PyTorch one reads it
+    only where something else wrote the variable since.
+    """
+
+    def read(self, variables):
+        return [int(ops.convert_to_numpy(v.value)) for v in variables]
+
+    def assigned(self, variable, value):
+        del variable, value
+
+
 def block_call_args(block, x, call_kwargs):
     """`(x, kwargs)` to call `block` with, as a plain model would.
 

@@ -14,6 +14,7 @@ graph would recompile for every new subset.
 
 import torch
 
+from keras_raptr.src.backend import common
 from keras_raptr.src.backend.common import call_block
 from keras_raptr.src.backend.common import stored_values
 
@@ -43,6 +44,53 @@ def _skip(block, x):
     if not weights:
         return x
     return _IdentityWithZeroGrad.apply(x, *weights)
+
+
+def _version(tensor):
+    try:
+        return tensor._version  # counts the in-place writes to `tensor`
+    except RuntimeError:  # an inference tensor has no version counter
+        return None
+
+
+class HostScalars(common.HostScalars):
+    """Host copies of int scalar variables that cost no device read while
+    nothing else writes them.
+
+    Reading a CUDA tensor on the host waits for the device to finish all
+    queued work: in an eager step on a GPU that is a stall of the pipeline
+    at every step. Keras assigns a torch variable in place (`copy_`), which
+    advances the tensor's version counter, so a copy is still valid while
+    the variable holds the same tensor at the version it was read or
+    assigned at. Anything else that writes it (`StageScheduler` setting the
+    keep count, `load_weights`, a bare `assign`) makes the next `read` go to
+    the device, once.
+    """
+
+    def __init__(self):
+        # id(variable) -> (its tensor, that tensor's version, the value).
+        self._seen = {}
+
+    def read(self, variables):
+        values = []
+        for variable in variables:
+            tensor = variable.value
+            seen = self._seen.get(id(variable))
+            version = _version(tensor)
+            if (
+                seen is None
+                or seen[0] is not tensor
+                or version is None
+                or seen[1] != version
+            ):
+                seen = (tensor, version, int(tensor.item()))
+                self._seen[id(variable)] = seen
+            values.append(seen[2])
+        return values
+
+    def assigned(self, variable, value):
+        tensor = variable.value
+        self._seen[id(variable)] = (tensor, _version(tensor), int(value))
 
 
 @torch.compiler.disable

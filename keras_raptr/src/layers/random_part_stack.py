@@ -243,6 +243,7 @@ class RandomPartStack(keras.layers.Layer):
         self._homogeneous = None  # decided at the first training call
         self._shared = None  # likewise
         self._seed_int32 = sampler.seed_hash(self.seed)
+        self._host_scalars = None  # made at the first eager training step
         self._offsets = tuple(sampler.index_offsets(len(self._free)).tolist())
         self.keep_count = self.add_weight(
             name="keep_count",
@@ -348,13 +349,20 @@ class RandomPartStack(keras.layers.Layer):
         )
 
     def _run_sampled_on_host(self, inputs, call_kwargs):
-        """An eager step (PyTorch): the keep count and step counter are read
-        on the host (two scalar reads, back to back: the stack's only wait
-        for the device in the step) and the subset is drawn there by the
-        same hash, bit for bit, as the device path."""
-        step = int(ops.convert_to_numpy(self.step.value))
-        keep_count = int(ops.convert_to_numpy(self.keep_count.value))
+        """An eager step (PyTorch): the subset is drawn on the host by the
+        same hash, bit for bit, as the device path. The step counter and
+        keep count come from host copies (`backend.HostScalars`): the
+        device is read only after something other than this step wrote
+        them, so a step of a stage waits for the device not at all."""
+        if self._host_scalars is None:
+            self._host_scalars = backend.HostScalars()
+        step, keep_count = self._host_scalars.read(
+            [self.step, self.keep_count]
+        )
         self.step.assign_add(1)
+        # What the int32 addition gives, past 2**31 - 1 too.
+        next_step = (step + 1 + 2**31) % 2**32 - 2**31
+        self._host_scalars.assigned(self.step, next_step)
         num_free_kept = keep_count - len(self.fixed)
         # The float32 division the device path does.
         keep_probability = np.float32(num_free_kept) / np.float32(
