@@ -9,14 +9,17 @@ Where step times are noisy (a 2-core CPU) or a machine is lent for minutes
   `torch.profiler`. The operators whose counts differ most from the plain
   model's are listed under the table.
 - JAX (jit): XLA's cost analysis of the compiled training step (FLOPs and
-  bytes accessed) and the kernels it holds (top-level instructions of the
-  optimized HLO that launch work: fusions, library calls, copies).
+  bytes accessed), the bytes its kernels move with a sliced operand counted
+  as its slices (`hlo_traffic`; XLA charges every operand whole), and the
+  kernels it holds (top-level instructions of the optimized HLO that launch
+  work: fusions, library calls, copies).
 
 For each k it compares `plain k` (a plain model holding only k blocks, the
 limit) with `raptr k` (a RandomPartStack of L blocks, first and last fixed,
 its step traced for k as `StageScheduler` traces it), and with `--dynamic`
 on JAX `dynamic k` (the same stack, its step reading the keep count at run
-time). The model is `step_time.py`'s (BERT-pretraining shaped).
+time), and with `--stacked` and `--idle` the rows `step_time.py` adds with
+those options. The model is `step_time.py`'s (BERT-pretraining shaped).
 
     KERAS_BACKEND=torch .venv/bin/python benchmarks/step_ops.py \\
         --size tiny --keeps 6,12 --mixed-precision mixed_bfloat16
@@ -107,6 +110,139 @@ def hlo_kernels(hlo_text):
     return kernels, conditionals
 
 
+_DTYPE_BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+    "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
+}
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_SLICES = {"slice", "dynamic-slice"}
+_CONVERSIONS = {"convert", "bitcast", "bitcast-convert", "copy"}
+
+
+def _shape_size(text):
+    """`(bytes, elements)` of the arrays in an HLO shape."""
+    size = elements = 0
+    for dtype, dims in _ARRAY.findall(text):
+        count = 1
+        for dim in filter(None, dims.split(",")):
+            count *= int(dim)
+        size += count * _DTYPE_BYTES[dtype]
+        elements += count
+    return size, elements
+
+
+def _parse(line):
+    """An HLO instruction line as `(name, opcode, operands, attributes,
+    result bytes, result elements)`, or `None`. A parameter's operand is its
+    number."""
+    match = _INSTRUCTION.match(line)
+    opcode = _opcode(line)
+    if not match or opcode is None:
+        return None
+    name, rest = match.groups()
+    head, _, args = rest.partition(f" {opcode}(")
+    depth, end = 1, len(args)
+    for index, char in enumerate(args):
+        depth += (char == "(") - (char == ")")
+        if depth == 0:
+            end = index
+            break
+    operands = re.findall(r"%([\w.\-]+)", args[:end])
+    if opcode == "parameter":
+        operands = [args[:end].strip()]
+    return (name, opcode, operands, args[end:], *_shape_size(head))
+
+
+def _fused_reads(body):
+    """`{parameter number: bytes read}` of a fusion body, for parameters it
+    only slices (through element-wise conversions) or updates in place."""
+    info = {name: (size, elements) for name, *_, size, elements in body}
+    users_of = {}
+    for name, opcode, operands, *_ in body:
+        for operand in operands:
+            users_of.setdefault(operand, []).append((name, opcode, operands))
+
+    def share_read(name):
+        users = users_of.get(name, [])
+        if not users or not info[name][1]:
+            return None
+        if all(op in _SLICES and ops[0] == name for _, op, ops in users):
+            return sum(info[user][1] for user, _, _ in users) / info[name][1]
+        if all(op in _CONVERSIONS for _, op, _ in users):
+            shares = [share_read(user) for user, _, _ in users]
+            return None if None in shares else sum(shares)
+        return None
+
+    reads = {}
+    for name, opcode, operands, *_ in body:
+        if opcode != "parameter" or not operands[0].isdigit():
+            continue
+        share = share_read(name)
+        users = users_of.get(name, [])
+        if share is not None:
+            reads[int(operands[0])] = round(info[name][0] * share)
+        elif users and all(op == "dynamic-update-slice" and ops[0] == name
+                           for _, op, ops in users):
+            reads[int(operands[0])] = 0  # updated in place
+    return reads
+
+
+def hlo_traffic(hlo_text):
+    """Bytes the kernels of an optimized HLO module move: each kernel's
+    operands and results, where an operand that a fusion only slices counts
+    as its slices, and an in-place `dynamic-update-slice` as its update.
+
+    XLA's `bytes accessed` counts every operand whole: a kernel that slices
+    one block out of stacked weights is charged the whole stack.
+    """
+    computations, current = {}, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if header and not line.startswith(" "):
+            current = header.group(1)
+            computations[current] = []
+        elif current is not None and line.strip() == "}":
+            current = None
+        elif current is not None:
+            parsed = _parse(line)
+            if parsed:
+                computations[current].append(parsed)
+    inner = {
+        called
+        for body in computations.values()
+        for _, _, _, attributes, *_ in body
+        for called in _CALLED.findall(attributes)
+    }
+    total = 0
+    for comp, body in computations.items():
+        if comp in inner:
+            continue
+        sizes = {name: size for name, *_, size, _ in body}
+        for name, opcode, operands, attributes, size, _ in body:
+            if opcode in _FREE:
+                continue
+            reads = [sizes.get(operand, 0) for operand in operands]
+            if opcode in _SLICES:
+                reads = [size]
+            elif opcode == "dynamic-update-slice":  # in place
+                size = reads[1]
+                reads = [size]
+            elif opcode == "fusion":
+                called = _CALLED.findall(attributes)
+                fused = computations.get(called[0], []) if called else []
+                for index, read in _fused_reads(fused).items():
+                    if index < len(reads):
+                        reads[index] = read
+                if fused and fused[-1][1] == "dynamic-update-slice":
+                    update = fused[-1][2][1]
+                    size = next(
+                        (s for n, *_, s, _ in fused if n == update), size
+                    )
+            total += size + sum(reads)
+    return total
+
+
 def _build(s, kind, keep):
     kind = "raptr" if kind == "dynamic" else kind
     model, data, labels = step_time.build_model(s, kind, keep)
@@ -139,9 +275,11 @@ def measure_jax(s, kind, keep):
     compiled = step.jitted.lower(*args, **kwargs).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    kernels, conditionals = hlo_kernels(compiled.as_text())
+    text = compiled.as_text()
+    kernels, conditionals = hlo_kernels(text)
     return dict(gflop=cost["flops"] / 1e9,
                 gb=cost["bytes accessed"] / 1e9,
+                gb_moved=hlo_traffic(text) / 1e9,
                 kernels=kernels, conditionals=conditionals)
 
 
@@ -188,10 +326,13 @@ def measure_torch(s, kind, keep):
     )
 
 
-def measure_all(s, keeps, policy=None, dynamic=False):
+def measure_all(s, keeps, policy=None, dynamic=False, stacked=False,
+                idle=False):
     """`{(kind, k): counts}` for `plain` and `raptr` at each k (and, on JAX
-    with `dynamic`, the run-time keep count path at each k < L), on the
-    current backend (jax or torch), under the dtype `policy` if given."""
+    with `dynamic`, the run-time keep count path at each k < L; with
+    `stacked`, the prototype layout of `stacked_layout.py`; with `idle`, a
+    plain k-block model holding the other blocks idle), on the current
+    backend (jax or torch), under the dtype `policy` if given."""
     import keras
 
     backend = keras.config.backend()
@@ -202,6 +343,10 @@ def measure_all(s, keeps, policy=None, dynamic=False):
         kinds = ["plain", "raptr"]
         if dynamic and backend == "jax" and keep < s["layers"]:
             kinds.append("dynamic")
+        if stacked:
+            kinds.append("stacked")
+        if idle and keep < s["layers"]:
+            kinds.append("idle")
         for kind in kinds:
             keras.utils.clear_session()  # also resets the dtype policy
             if policy:
@@ -225,6 +370,14 @@ def main(argv=None):
     parser.add_argument("--dynamic", action="store_true",
                         help="JAX: also the run-time keep count path (one "
                         "conditional per block) at each k < L")
+    parser.add_argument("--stacked", action="store_true",
+                        help="also the prototype layout that holds the "
+                        "middle blocks' weights stacked between steps "
+                        "(benchmarks/stacked_layout.py)")
+    parser.add_argument("--idle", action="store_true",
+                        help="also a plain k-block model holding the other "
+                        "blocks idle (zero gradient, optimizer update: the "
+                        "limit for RaPTr under that semantics), at k < L")
     parser.add_argument("--top", type=int, default=12,
                         help="operators listed per k (torch)")
     args = parser.parse_args(argv)
@@ -262,7 +415,8 @@ def main(argv=None):
                      "reads the keep count at run time)")
     if backend == "jax" and args.steps is not None:
         parser.error("--steps applies to torch only (jax compiles one step)")
-    rows = measure_all(s, keeps, args.mixed_precision, args.dynamic)
+    rows = measure_all(s, keeps, args.mixed_precision, args.dynamic,
+                       args.stacked, args.idle)
     print(
         f"\n{backend}, L={num_blocks} blocks (TransformerEncoder dim="
         f"{s['dim']}, ff={s['ff']}), seq={s['seq']}, batch={s['batch']}, "
@@ -270,12 +424,13 @@ def main(argv=None):
         f"{step_time._device_name(backend)}\n"
     )
     if backend == "jax":
-        print("| model | k of L | GFLOP/step | GB accessed/step | kernels | "
-              "conditionals |")
-        print("|---|---|---|---|---|---|")
+        print("| model | k of L | GFLOP/step | GB accessed/step (XLA) | "
+              "GB moved/step (slices as read) | kernels | conditionals |")
+        print("|---|---|---|---|---|---|---|")
         for (kind, keep), r in rows.items():
             print(f"| {kind} | {keep} of {num_blocks} | {r['gflop']:.2f} | "
-                  f"{r['gb']:.3f} | {r['kernels']} | {r['conditionals']} |")
+                  f"{r['gb']:.3f} | {r['gb_moved']:.3f} | {r['kernels']} | "
+                  f"{r['conditionals']} |")
         return
     cuda = any(r["launches"] for r in rows.values())
     head = "| model | k of L | aten ops/step | host reads/step |"

@@ -11,7 +11,12 @@ dropout 0.1) this measures, in one run:
   several k including k = L;
 - `dynamic k`: the same stack with `keep_count` set and no scheduler (the
   step reads the keep count at run time: one conditional per block on
-  JAX/TF), at every k < L.
+  JAX/TF), at every k < L;
+- with `--stacked`, `stacked k`: a prototype layout that holds the middle
+  blocks' weights stacked between steps (`stacked_layout.py`);
+- with `--idle`, `idle k`: a plain k-block model that holds the other
+  L - k blocks idle, with the zero gradient and optimizer update a skipped
+  block gets (the limit for RaPTr under that semantics), at every k < L.
 
 The model is BERT-pretraining shaped: embedding, the blocks, and an MLM head
 on the 15% masked positions.
@@ -52,6 +57,33 @@ SIZES = {
 }
 
 
+def _idle_blocks_class():
+    import keras
+
+    from keras_raptr.src.layers import random_part_stack
+
+    class IdleBlocks(keras.layers.Layer):
+        """Holds blocks that never run but get what a skipped block gets:
+        a zero gradient, so the optimizer updates them (AdamW: moments and
+        weight decay) at every step. Returns its input."""
+
+        def __init__(self, blocks, **kwargs):
+            super().__init__(**kwargs)
+            self.blocks = blocks
+
+        def build(self, input_shape):
+            for block in self.blocks:
+                block.build(input_shape)
+
+        def call(self, x):
+            return random_part_stack._with_zero_gradient_to(x, self.blocks)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return IdleBlocks
+
+
 def build_model(s, kind, keep, block_class=None):
     """Embedding -> L (or k) TransformerEncoders -> MLM head on the masked
     positions (15%), as in BERT pretraining. Returns (model, data, labels)."""
@@ -62,6 +94,7 @@ def build_model(s, kind, keep, block_class=None):
     import keras_raptr
 
     block_class = block_class or keras_hub.layers.TransformerEncoder
+    IdleBlocks = _idle_blocks_class()
     num_blocks = keep if kind == "plain" else s["layers"]
     blocks = [
         block_class(s["ff"], s["heads"], dropout=0.1, activation="gelu",
@@ -76,6 +109,16 @@ def build_model(s, kind, keep, block_class=None):
     if kind == "plain":
         for block in blocks:
             x = block(x)
+    elif kind == "idle":  # k blocks run, the other L - k only held
+        for block in blocks[:keep]:
+            x = block(x)
+        x = IdleBlocks(blocks[keep:])(x)
+    elif kind == "stacked":  # a prototype layout (`stacked_layout.py`)
+        from stacked_layout import StackedMiddle
+
+        x = blocks[0](x)
+        x = StackedMiddle(blocks[1], num_blocks - 2, keep - 2)(x)
+        x = blocks[-1](x)
     else:
         x = keras_raptr.RandomPartStack(blocks, keep_count=keep)(x)
     x = keras.ops.take_along_axis(x, keras.ops.expand_dims(positions, -1), 1)
@@ -252,6 +295,21 @@ def main():
                         "interleaved, and report the fastest process's median "
                         "(TF on a 2-core CPU settles per process into one of "
                         "two speeds, about 275 or 325 ms for the same model)")
+    parser.add_argument("--stacked", action="store_true",
+                        help="also the prototype layout that holds the "
+                        "middle blocks' weights stacked between steps "
+                        "(benchmarks/stacked_layout.py), at every k")
+    parser.add_argument("--idle", action="store_true",
+                        help="also `idle k`: a plain k-block model that "
+                        "holds the other L - k blocks idle, with the zero "
+                        "gradient and optimizer update a skipped block gets "
+                        "(the limit for RaPTr under that semantics), at "
+                        "every k < L")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the size's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed `fit` call (default: the "
+                        "size's)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--table-from", default=None, metavar="JSON",
                         help="print the table of an earlier run's --json "
@@ -287,6 +345,12 @@ def main():
         return print_table(records, dict(SIZES[args.size]))
 
     size = dict(SIZES[args.size])
+    for name in ("batch", "steps"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{name} takes a positive int; got {value}")
+            size[name] = value
     layers = size["layers"]
     if args.keeps:
         try:
@@ -319,6 +383,8 @@ def main():
                 + [("plain", k) for k in keeps if k < layers]
                 + [("raptr", k) for k in keeps]
                 + [("dynamic", k) for k in keeps if k < layers]
+                + [("stacked", k) for k in keeps if args.stacked]
+                + [("idle", k) for k in keeps if args.idle and k < layers]
             ):
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,

@@ -82,3 +82,83 @@ def test_gpu_scripts_parse():
             ["bash", "-n", str(root / script)], capture_output=True, text=True
         )
         assert result.returncode == 0, (script, result.stderr)
+
+
+@pytest.mark.parametrize("name", ["--batch", "--steps"])
+def test_sizes_overridden_by_non_positive_values_are_refused(
+    name, monkeypatch, capsys
+):
+    step_time = load_script("benchmarks", "step_time.py")
+    monkeypatch.setattr(
+        step_time, "_run_config", lambda job: pytest.fail("a run started")
+    )
+    monkeypatch.setattr(sys, "argv", ["step_time.py", name, "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        step_time.main()
+    assert exit_info.value.code == 2
+    assert f"{name} takes a positive int; got 0" in capsys.readouterr().err
+
+
+def test_the_stacked_prototype_trains_the_subsets_the_stack_draws():
+    # `stacked` rows measure a layout for RaPTr, so the prototype must do
+    # RaPTr's work: each step, plain SGD moves exactly the stacked rows of
+    # the middle blocks RandomPartStack would keep at that step (the same
+    # hash), and no other row.
+    import keras
+    import numpy as np
+    from keras import ops
+
+    from keras_raptr.src.layers import sampling
+
+    sys.path.insert(0, "benchmarks")
+    try:
+        from stacked_layout import StackedMiddle
+    finally:
+        sys.path.remove("benchmarks")
+    num_middle, keep = 5, 2
+    template = keras.layers.Dense(4, name="template")
+    middle = StackedMiddle(template, num_middle, keep)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(middle(inputs)))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    assert not template.trainable_weights  # the template's are not trained
+    for step in range(4):
+        before = ops.convert_to_numpy(middle.stacked[0].value).copy()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        after = ops.convert_to_numpy(middle.stacked[0].value)
+        moved = np.any(after != before, axis=(1, 2))
+        expected = sampling.numpy_keep_mask(
+            0, step, num_middle, keep, "exact", None
+        )
+        np.testing.assert_array_equal(moved, expected)
+
+
+def test_the_idle_row_holds_blocks_that_compute_nothing_but_train():
+    # `idle k` is the limit for RaPTr under its gradient semantics: k blocks
+    # run; the other L - k compute nothing, yet AdamW updates them (zero
+    # gradient, weight decay) as it updates a skipped block.
+    import keras
+    import numpy as np
+    from keras import ops
+
+    step_time = load_script("benchmarks", "step_time.py")
+    s = dict(layers=4, dim=8, heads=2, ff=16, seq=8, batch=2, vocab=50,
+             steps=1, jit_compile=False)
+    model, data, labels = step_time.build_model(s, "idle", 2)
+    idle = [b for b in model.layers if type(b).__name__ == "IdleBlocks"][0]
+    assert len(idle.blocks) == 2
+    before = model.predict(data, verbose=0)
+    for block in idle.blocks:  # what they hold does not change the output
+        for variable in block.trainable_weights:
+            variable.assign(np.full(variable.shape, 3.0, "float32"))
+    np.testing.assert_allclose(model.predict(data, verbose=0), before,
+                               rtol=1e-6, atol=1e-6)
+    weight = idle.blocks[0].trainable_weights[0]
+    held = ops.convert_to_numpy(weight.value).copy()
+    model.optimizer = keras.optimizers.AdamW(1e-2, weight_decay=0.5)
+    model.compile(model.optimizer, model.loss)
+    model.fit(data, labels, batch_size=2, epochs=1, verbose=0)
+    assert not np.array_equal(ops.convert_to_numpy(weight.value), held)

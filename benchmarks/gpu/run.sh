@@ -24,6 +24,12 @@
 #   MODE=ops bash benchmarks/gpu/run.sh
 # MODE takes several sections, run in order, e.g. after an e2e call:
 #   MODE=grid,ops BACKENDS=torch bash benchmarks/gpu/run.sh  # about 3.5 min
+# LAYOUT_ROWS=1 adds two rows per k to the grid and ops sections: `stacked`,
+# the prototype layout that holds the middle blocks' weights stacked between
+# steps (benchmarks/stacked_layout.py), and `idle`, a plain k-block model
+# holding the other blocks idle (zero gradient and AdamW update: the limit
+# under RaPTr's gradient semantics). On JAX about 3 compiles more.
+#   MODE=grid,ops LAYOUT_ROWS=1 BACKENDS=jax KEEPS=6 bash benchmarks/gpu/run.sh
 # COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 #   SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
@@ -60,6 +66,8 @@ for name in ("keras", "keras_hub", "jax", "torch"):
         print(name, "unavailable:", e)
 PYEOF
     MP=""
+    STK=""  # grid and ops only
+    [ -n "${LAYOUT_ROWS:-}" ] && STK="--stacked --idle"
     DEFAULT_KEEPS=4,8  # L = 8 at SIZE=cpu
     if [ "$SIZE" = gpu ]; then
         MP="--mixed-precision mixed_bfloat16"
@@ -84,7 +92,7 @@ PYEOF
             [ "$backend" = torch ] && STEPS="--steps 10"
             KERAS_BACKEND="$backend" timeout "$OPS_TIMEOUT" "$PY" \
                 benchmarks/step_ops.py --size "$SIZE" $STEPS \
-                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
+                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP $STK \
                 || echo "== step anatomy $backend ended with status $?"
         done
         ;;
@@ -94,7 +102,7 @@ PYEOF
             echo "== step-time grid: $backend (limit ${GRID_TIMEOUT} s)"
             timeout "$GRID_TIMEOUT" "$PY" benchmarks/step_time.py \
                 --size "$SIZE" --backends "$backend" \
-                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP \
+                --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP $STK \
                 --json "${OUT:-/tmp}/step_time_$backend.json" \
                 || { echo "== grid $backend ended with status $?: the" \
                           "table of what it finished follows"
