@@ -77,10 +77,8 @@ def _opcode(line):
     return match.group(1) if match else None
 
 
-def hlo_kernels(hlo_text):
-    """Counts the instructions of an optimized HLO module that launch work:
-    those outside fusion bodies and reducers, minus bookkeeping ones.
-    Returns `(kernels, conditionals)`."""
+def _computations(hlo_text):
+    """`{computation name: its instruction lines}` of an HLO module."""
     computations, name = {}, None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
@@ -91,6 +89,14 @@ def hlo_kernels(hlo_text):
             name = None
         elif name is not None:
             computations[name].append(line)
+    return computations
+
+
+def hlo_kernels(hlo_text):
+    """Counts the instructions of an optimized HLO module that launch work:
+    those outside fusion bodies and reducers, minus bookkeeping ones.
+    Returns `(kernels, conditionals)`."""
+    computations = _computations(hlo_text)
     inner = {
         called
         for lines in computations.values()
@@ -196,18 +202,10 @@ def hlo_traffic(hlo_text):
     XLA's `bytes accessed` counts every operand whole: a kernel that slices
     one block out of stacked weights is charged the whole stack.
     """
-    computations, current = {}, None
-    for line in hlo_text.splitlines():
-        header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
-        if header and not line.startswith(" "):
-            current = header.group(1)
-            computations[current] = []
-        elif current is not None and line.strip() == "}":
-            current = None
-        elif current is not None:
-            parsed = _parse(line)
-            if parsed:
-                computations[current].append(parsed)
+    computations = {
+        name: [parsed for parsed in map(_parse, lines) if parsed]
+        for name, lines in _computations(hlo_text).items()
+    }
     inner = {
         called
         for body in computations.values()
@@ -371,13 +369,9 @@ def main(argv=None):
                         help="JAX: also the run-time keep count path (one "
                         "conditional per block) at each k < L")
     parser.add_argument("--stacked", action="store_true",
-                        help="also the prototype layout that holds the "
-                        "middle blocks' weights stacked between steps "
-                        "(benchmarks/stacked_layout.py)")
+                        help=step_time.STACKED_HELP)
     parser.add_argument("--idle", action="store_true",
-                        help="also a plain k-block model holding the other "
-                        "blocks idle (zero gradient, optimizer update: the "
-                        "limit for RaPTr under that semantics), at k < L")
+                        help=step_time.IDLE_HELP)
     parser.add_argument("--top", type=int, default=12,
                         help="operators listed per k (torch)")
     args = parser.parse_args(argv)

@@ -57,6 +57,18 @@ SIZES = {
 }
 
 
+STACKED_HELP = (
+    "also `stacked k`: the prototype layout that holds the middle blocks' "
+    "weights stacked between steps (benchmarks/stacked_layout.py), at "
+    "every k"
+)
+IDLE_HELP = (
+    "also `idle k`: a plain k-block model that holds the other L - k blocks "
+    "idle, with the zero gradient and optimizer update a skipped block gets "
+    "(the limit for RaPTr under that semantics), at every k < L"
+)
+
+
 def _idle_blocks_class():
     import keras
 
@@ -296,15 +308,8 @@ def main():
                         "(TF on a 2-core CPU settles per process into one of "
                         "two speeds, about 275 or 325 ms for the same model)")
     parser.add_argument("--stacked", action="store_true",
-                        help="also the prototype layout that holds the "
-                        "middle blocks' weights stacked between steps "
-                        "(benchmarks/stacked_layout.py), at every k")
-    parser.add_argument("--idle", action="store_true",
-                        help="also `idle k`: a plain k-block model that "
-                        "holds the other L - k blocks idle, with the zero "
-                        "gradient and optimizer update a skipped block gets "
-                        "(the limit for RaPTr under that semantics), at "
-                        "every k < L")
+                        help=STACKED_HELP)
+    parser.add_argument("--idle", action="store_true", help=IDLE_HELP)
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: the size's)")
     parser.add_argument("--steps", type=int, default=None,
