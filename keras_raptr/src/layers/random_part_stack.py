@@ -311,12 +311,14 @@ class RandomPartStack(keras.layers.Layer):
         if mask is not None:
             call_kwargs["mask"] = mask
         if not training or not self._free:
-            x = inputs
-            for block in self.blocks:
-                x = call_block(block, x, call_kwargs)
-            return x
+            return self._run_every_block(inputs, call_kwargs)
 
         if not backend.trace_for_keep_count():
+            if self._traced_keep_count() == self.num_blocks:
+                # The last stage under StageScheduler: the plain full model,
+                # as on the other paths (no draw, no read of the counters).
+                self.step.assign_add(1)
+                return self._run_every_block(inputs, call_kwargs)
             # Eager (PyTorch): the subset is drawn on the host.
             return self._run_sampled_on_host(inputs, call_kwargs)
         num_fixed = len(self.fixed)
@@ -333,10 +335,8 @@ class RandomPartStack(keras.layers.Layer):
         post = self._make_post(keep_probability)
         compiled = self._traced_keep_count()
         if compiled is not None and compiled == self.num_blocks:
-            x = inputs  # last stage: the plain full model
-            for block in self.blocks:
-                x = call_block(block, x, call_kwargs)
-            return x
+            # The last stage: the plain full model.
+            return self._run_every_block(inputs, call_kwargs)
         if compiled is not None and self._has_straight_line_path():
             return self._run_gathered(
                 inputs, hashes, compiled, call_kwargs, post
@@ -347,6 +347,11 @@ class RandomPartStack(keras.layers.Layer):
         return backend.run_blocks(
             inputs, self.blocks, self._free_index, mask, call_kwargs, post
         )
+
+    def _run_every_block(self, x, call_kwargs):
+        for block in self.blocks:
+            x = call_block(block, x, call_kwargs)
+        return x
 
     def _run_sampled_on_host(self, inputs, call_kwargs):
         """An eager step (PyTorch): the subset is drawn on the host by the
