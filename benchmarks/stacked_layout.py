@@ -3,13 +3,13 @@
 `RandomPartStack`'s straight-line path (the one `StageScheduler` traces)
 keeps every block's weights in the block, where KerasHub and checkpoints
 expect them, and stacks the middle blocks' weights at every step to gather
-the kept ones. On a GPU that copy, and the gradient's way back out of it,
-cost JAX about half of its 2.3 ms over the limit at 6 of 12 BERT-Base blocks
-(`docs/benchmarks.md`, "JAX at k = 6"). Issue 4's first suggestion is a
+the kept ones. Issue 4's first suggestion is a
 layout that keeps homogeneous blocks' weights stacked, `(L, ...)`, between
 steps. Converting KerasHub backbones, checkpoints and distribution layouts
 to and from it is a large change to the library, so this prototype measures
-what the layout would gain before anyone makes it:
+what the layout would gain before anyone makes it (on the CPU-compiled
+BERT-Base step: few bytes, many kernels; `docs/benchmarks.md`, "A stacked
+layout and the semantic limit"):
 
 `StackedMiddle(template, num_blocks, keep)` holds `num_blocks` copies of
 `template`'s trainable weights as stacked variables (one per weight, leading
