@@ -10,9 +10,13 @@ Where step times are noisy (a 2-core CPU) or a machine is lent for minutes
   model's are listed under the table.
 - JAX (jit): XLA's cost analysis of the compiled training step (FLOPs and
   bytes accessed), the bytes its kernels move with a sliced operand counted
-  as its slices (`hlo_traffic`; XLA charges every operand whole), and the
+  as its slices (`hlo_traffic`; XLA charges every operand whole), the
   kernels it holds (top-level instructions of the optimized HLO that launch
-  work: fusions, library calls, copies).
+  work: fusions, library calls, copies), and its memory from XLA's buffer
+  assignment: `temp MB` (activations and every other intermediate) and
+  `arguments MB` (the state passed in: weights, optimizer slots, batch;
+  the step's outputs reuse these buffers). The device memory a step needs
+  is about their sum.
 
 For each k it compares `plain k` (a plain model holding only k blocks, the
 limit) with `raptr k` (a RandomPartStack of L blocks, first and last fixed,
@@ -273,12 +277,15 @@ def measure_jax(s, kind, keep):
     compiled = step.jitted.lower(*args, **kwargs).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
     text = compiled.as_text()
     kernels, conditionals = hlo_kernels(text)
     return dict(gflop=cost["flops"] / 1e9,
                 gb=cost["bytes accessed"] / 1e9,
                 gb_moved=hlo_traffic(text) / 1e9,
-                kernels=kernels, conditionals=conditionals)
+                kernels=kernels, conditionals=conditionals,
+                temp_mb=memory.temp_size_in_bytes / 1e6,
+                arguments_mb=memory.argument_size_in_bytes / 1e6)
 
 
 def measure_torch(s, kind, keep):
@@ -419,12 +426,14 @@ def main(argv=None):
     )
     if backend == "jax":
         print("| model | k of L | GFLOP/step | GB accessed/step (XLA) | "
-              "GB moved/step (slices as read) | kernels | conditionals |")
-        print("|---|---|---|---|---|---|---|")
+              "GB moved/step (slices as read) | kernels | conditionals | "
+              "temp MB | arguments MB |")
+        print("|---" * 9 + "|")
         for (kind, keep), r in rows.items():
             print(f"| {kind} | {keep} of {num_blocks} | {r['gflop']:.2f} | "
                   f"{r['gb']:.3f} | {r['gb_moved']:.3f} | {r['kernels']} | "
-                  f"{r['conditionals']} |")
+                  f"{r['conditionals']} | {r['temp_mb']:.1f} | "
+                  f"{r['arguments_mb']:.1f} |")
         return
     cuda = any(r["launches"] for r in rows.values())
     head = "| model | k of L | aten ops/step | host reads/step |"

@@ -496,18 +496,22 @@ class RandomPartStack(keras.layers.Layer):
         if has_fixed:
             is_fixed = ops.take(fixed_flags, kept)
 
-        def stacked(values_of):
-            columns = zip(*[values_of(block) for block in middle])
-            return [ops.stack(list(column)) for column in columns]
-
-        # Weights as the blocks read them (autocast under mixed precision:
-        # the stack and the gathers move compute-dtype copies). State as
-        # stored, so that what a block does not assign is written back
-        # unchanged (a frozen block's weights are state).
-        trainable = stacked(
-            lambda b: [v.value for v in b.trainable_variables]
-        )
-        state = stacked(lambda b: stored_values(b.non_trainable_variables))
+        # Weights as the blocks read them (autocast under mixed precision),
+        # slot by slot. State as stored, so that what a block does not
+        # assign is written back unchanged (a frozen block's weights are
+        # state).
+        slot_of = sampler.slots_of(in_middle, num_slots)
+        weights = [[v.value for v in b.trainable_variables] for b in middle]
+        weights_of_slot = list(zip(*[
+            ops.unstack(gather_slots(list(values), kept, slot_of, in_middle))
+            for values in zip(*weights)
+        ]))
+        state = [
+            ops.stack(list(column))
+            for column in zip(*[
+                stored_values(b.non_trainable_variables) for b in middle
+            ])
+        ]
         template = middle[0]
         new_states = []
         for slot in range(num_slots):
@@ -515,7 +519,7 @@ class RandomPartStack(keras.layers.Layer):
             x, slot_kwargs = block_call_args(template, x, call_kwargs)
             slot_state = [ops.take(v, index, axis=0) for v in state]
             y, new_state = template.stateless_call(
-                [ops.take(w, index, axis=0) for w in trainable],
+                list(weights_of_slot[slot]) if weights_of_slot else [],
                 slot_state,
                 x,
                 **slot_kwargs,
@@ -588,6 +592,39 @@ class RandomPartStack(keras.layers.Layer):
             for block in config["blocks"]
         ]
         return cls(**config)
+
+
+def gather_slots(values, kept, slot_of, is_kept):
+    """`values[kept[s]]` for each slot s, stacked: the kept blocks' copies
+    of one weight, in slot order.
+
+    `values` holds that weight of every middle block (same shape and
+    dtype); `kept` the kept blocks' positions, ascending; `slot_of[m]` the
+    slot of block m where `is_kept[m]`. The gradient goes to each block
+    directly: the upstream gradient of its slot where it was kept, zeros
+    where it was skipped. Differentiating the gather itself would scatter
+    the slots into zeros of every block's weight stacked, and then slice
+    that apart again: on the CPU-compiled BERT-Base step in float32 that
+    stacked gradient held about 300 MB of XLA's temporary memory
+    (`docs/benchmarks.md`, "Peak memory of the gathered path").
+    """
+
+    @ops.custom_gradient
+    def gather(*values):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            zero = ops.zeros_like(upstream[0])
+            return tuple(
+                ops.where(
+                    is_kept[m], ops.take(upstream, slot_of[m], axis=0), zero
+                )
+                for m in range(len(values))
+            )
+
+        return ops.take(ops.stack(values), kept, axis=0), grad
+
+    return gather(*values)
 
 
 def _with_zero_gradient_to(x, blocks):

@@ -135,15 +135,26 @@ def kept_positions(mask, num_kept):
     entries before it.
     """
     count = mask.shape[0]
-    flags = ops.cast(mask, "int32")
-    index_before = _lower_triangle(count, "int32")
-    trues_before = ops.sum(ops.multiply(index_before, flags), axis=1)
+    trues_before = _trues_before(mask)
     slots = ops.expand_dims(
         ops.convert_to_tensor(list(range(num_kept)), "int32"), 1
     )
     picks = ops.logical_and(ops.equal(trues_before, slots), mask)
     positions = ops.convert_to_tensor(list(range(count)), "int32")
     return ops.sum(ops.multiply(ops.cast(picks, "int32"), positions), axis=1)
+
+
+def slots_of(mask, num_kept):
+    """For each position of `mask`, the slot `kept_positions` gives it: the
+    number of true entries before it. Positions that are not true get a
+    valid slot too (clipped to `num_kept - 1`), for use under a `where`."""
+    return ops.minimum(_trues_before(mask), num_kept - 1)
+
+
+def _trues_before(mask):
+    flags = ops.cast(mask, "int32")
+    index_before = _lower_triangle(mask.shape[0], "int32")
+    return ops.sum(ops.multiply(index_before, flags), axis=1)
 
 
 def numpy_keep_mask(seed, step, count, num_to_keep, sampling, keep_probability):
