@@ -715,8 +715,10 @@ def test_straight_line_path_equals_run_time_path(
         ]
         state = [ops.convert_to_numpy(v) for v in stack.non_trainable_weights]
         results[compiled] = outputs, state
+    # The same blocks on the same weights; a matmul on a copied weight may
+    # round differently (2e-5 at a value of 77 on JAX).
     for got, want in zip(results[keep_count][0], results[None][0]):
-        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
     # Non-trainable state (seed generators, execution counts) is written
     # back to the blocks that ran, and only to them.
     for got, want in zip(results[keep_count][1], results[None][1]):
@@ -936,9 +938,12 @@ def test_gathered_weights_send_each_block_its_slots_gradient(mask, draw):
 @pytest.mark.skipif(BACKEND != "jax", reason="inspects a JAX program")
 def test_the_traced_step_scatters_no_gradient_into_stacked_weights():
     # Differentiating a plain gather of the stacked weights scatters each
-    # slot's gradient into zeros of every block's weight, stacked, then
-    # slices it apart: on the BERT-Base step in float32 about 300 MB of
-    # XLA's temporary memory. The straight-line step has no scatter at all.
+    # slot's gradient into zeros of every middle block's weight, stacked,
+    # then slices it apart: on the BERT-Base step in float32 about 250 MB
+    # of XLA's temporary memory. The straight-line step scatters only into
+    # the kept slots' gradients (2 slots here, of 4 middle blocks).
+    import re
+
     import jax
 
     from keras_raptr.src.layers.random_part_stack import tracing_keep_count
@@ -958,4 +963,5 @@ def test_the_traced_step_scatters_no_gradient_into_stacked_weights():
         [v.value for v in stack.trainable_variables],
         [v.value for v in stack.non_trainable_variables],
     )
-    assert "scatter-add" not in str(program)
+    scattered = re.findall(r"\w+\[(\d+)[\d,]*\] = scatter-add", str(program))
+    assert scattered and set(scattered) == {"2"}, scattered

@@ -92,3 +92,9 @@ def compiles_train_step(model):
     """Whether `fit` traces the training step into a `tf.function` (with or
     without XLA): whenever it does not run eagerly."""
     return not model.run_eagerly
+
+
+def dense(gradient):
+    """`gradient` as a dense tensor: TensorFlow passes a gather's gradient
+    on as `tf.IndexedSlices`."""
+    return tf.convert_to_tensor(gradient)

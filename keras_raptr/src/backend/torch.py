@@ -16,6 +16,7 @@ import torch
 
 from keras_raptr.src.backend import common
 from keras_raptr.src.backend.common import call_block
+from keras_raptr.src.backend.common import dense  # noqa: F401
 from keras_raptr.src.backend.common import stored_values
 
 

@@ -457,7 +457,7 @@ class RandomPartStack(keras.layers.Layer):
         (which stay where they are, e.g. shared with a KerasHub backbone).
         No conditional is traced, so the compiled step holds exactly
         `keep_count` blocks of work; skipped blocks' weights get a zero
-        gradient (the gradient of the gather). `keep_count` is static: one
+        gradient (`gather_slots`). `keep_count` is static: one
         trace per stage.
         """
         for block in self.blocks[: self._head]:
@@ -502,8 +502,20 @@ class RandomPartStack(keras.layers.Layer):
         # state).
         slot_of = sampler.slots_of(in_middle, num_slots)
         weights = [[v.value for v in b.trainable_variables] for b in middle]
+        # Each slot takes its weights out of the gathered ones at a run-time
+        # index (its own number, read back from the data), so that their
+        # gradients go into one buffer in place. At a constant index XLA
+        # fused all slots' gradients into each block's optimizer update,
+        # which then read every slot: 1.8 x the bytes the float32
+        # BERT-Base step moved at batch 1 (`docs/benchmarks.md`, "Peak
+        # memory of the gathered path").
+        slot_index = [ops.take(slot_of, kept[j]) for j in range(num_slots)]
+
+        def split(gathered):
+            return [ops.take(gathered, j, axis=0) for j in slot_index]
+
         weights_of_slot = list(zip(*[
-            ops.unstack(gather_slots(list(values), kept, slot_of, in_middle))
+            split(gather_slots(list(values), kept, slot_of, in_middle))
             for values in zip(*weights)
         ]))
         state = [
@@ -614,6 +626,7 @@ def gather_slots(values, kept, slot_of, is_kept):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
+            upstream = backend.dense(upstream)
             zero = ops.zeros_like(upstream[0])
             return tuple(
                 ops.where(
