@@ -75,6 +75,8 @@ def test_mixed_float16_loss_scaling_through_skipped_blocks():
     )
     model.compile(optimizer, "mse")
     x, y = data(64)
+    loss_before = model.evaluate(x, y, verbose=0)
+    evaluated = counts(blocks)  # evaluation runs every block
     kernels = [ops.convert_to_numpy(b.dense2.kernel) for b in blocks]
     stages = [(2, 24), (4, 8), (6, None)]
     recorder = StepLosses(stack)
@@ -97,10 +99,13 @@ def test_mixed_float16_loss_scaling_through_skipped_blocks():
     assert int(ops.convert_to_numpy(stack.step)) == 40
     assert 0 < iterations < 40
     np.testing.assert_array_equal(
-        counts(blocks), reference_counts(6, (0, 5), keep_per_step(stages, 40))
+        counts(blocks) - evaluated,
+        reference_counts(6, (0, 5), keep_per_step(stages, 40)),
     )
-    # Training learned something despite the skipped steps.
-    assert losses[-8:].mean() < losses[:8].mean()
+    # Training learned something despite the skipped steps (on all the
+    # data: the losses of single batches of 8, first against last, had
+    # failed this for 1 of 12 initial weights).
+    assert model.evaluate(x, y, verbose=0) < loss_before
     for block, old in zip(blocks, kernels):
         assert block.dense2.kernel.dtype == "float32"
         assert not np.array_equal(
