@@ -638,7 +638,15 @@ def test_a_block_listed_more_than_once_runs_each_time(jit_compile):
     assert int(ops.convert_to_numpy(shared.count.value)) == 2 * 4
 
 
-@pytest.mark.parametrize("jit_compile", JIT_MODES)
+# Under torch.compile each case compiles the step twice (before and after
+# the freeze): about 190 s on the 2-core CI machine, so it runs with
+# --run_large. Torch eager, and the other backends' compiled steps, run it
+# every time.
+@pytest.mark.parametrize("jit_compile", [
+    pytest.param(mode, marks=pytest.mark.large)
+    if BACKEND == "torch" and mode else mode
+    for mode in JIT_MODES
+])
 @pytest.mark.parametrize("freeze", ["block", "kernel"])
 def test_freezing_a_block_after_training(freeze, jit_compile):
     # Freezing part of the middle after the stack has trained (then
