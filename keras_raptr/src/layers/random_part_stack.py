@@ -497,7 +497,7 @@ class RandomPartStack(keras.layers.Layer):
             is_fixed = ops.take(fixed_flags, kept)
 
         # Weights as the blocks read them (autocast under mixed precision),
-        # gathered for the kept blocks, one gather per weight.
+        # selected for the kept blocks (`gather_slots`, once per weight).
         slot_of = sampler.slots_of(in_middle, num_slots)
         weights = [[v.value for v in b.trainable_variables] for b in middle]
         # Each slot takes its weights out of the gathered ones at a run-time
