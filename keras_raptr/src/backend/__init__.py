@@ -26,6 +26,8 @@ should run the straight-line path for it (see RandomPartStack._run_gathered).
 `HostScalars()` keeps host copies of the stack's counters for an eager step
 that draws its subset on the host (PyTorch: reading them from a GPU waits
 for the device, so the torch version reads only after another write).
+`custom_gradient(forward)` is `keras.ops.custom_gradient` for a function of
+several outputs (Keras' torch version passes a single upstream gradient).
 `dense(gradient)` gives a gradient as a dense tensor (TensorFlow hands a
 gather's gradient on as `IndexedSlices`).
 `compiles_train_step(model)` says whether `fit` traces and compiles the
@@ -39,6 +41,7 @@ _BACKEND = keras.config.backend()
 if _BACKEND == "jax":
     from keras_raptr.src.backend.jax import HostScalars  # noqa: F401
     from keras_raptr.src.backend.jax import compiles_train_step  # noqa: F401
+    from keras_raptr.src.backend.jax import custom_gradient  # noqa: F401
     from keras_raptr.src.backend.jax import dense  # noqa: F401
     from keras_raptr.src.backend.jax import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.jax import run_blocks  # noqa: F401
@@ -46,6 +49,7 @@ if _BACKEND == "jax":
 elif _BACKEND == "torch":
     from keras_raptr.src.backend.torch import HostScalars  # noqa: F401
     from keras_raptr.src.backend.torch import compiles_train_step  # noqa: F401
+    from keras_raptr.src.backend.torch import custom_gradient  # noqa: F401
     from keras_raptr.src.backend.torch import dense  # noqa: F401
     from keras_raptr.src.backend.torch import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.torch import run_blocks  # noqa: F401
@@ -53,6 +57,7 @@ elif _BACKEND == "torch":
 else:
     from keras_raptr.src.backend.tensorflow import HostScalars  # noqa: F401
     from keras_raptr.src.backend.tensorflow import compiles_train_step  # noqa: F401
+    from keras_raptr.src.backend.tensorflow import custom_gradient  # noqa: F401
     from keras_raptr.src.backend.tensorflow import dense  # noqa: F401
     from keras_raptr.src.backend.tensorflow import retrace_train_function  # noqa: F401
     from keras_raptr.src.backend.tensorflow import run_blocks  # noqa: F401

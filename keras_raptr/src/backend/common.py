@@ -242,3 +242,29 @@ def make_bound_train_function(model, bind, lock=None, around=None):
 def dense(gradient):
     """`gradient` as a dense tensor (as it is, except on TensorFlow)."""
     return gradient
+
+
+def custom_gradient(forward):
+    """`keras.ops.custom_gradient` for a function of several outputs.
+
+    `forward(*args)` returns `(outputs, grad)`: `outputs` a tuple of
+    tensors, and `grad(upstreams)` takes their upstream gradients (a list,
+    one per output, in order) and returns one gradient per argument.
+
+    Keras hands the upstream gradients of a tuple on as one tuple on JAX
+    and as one argument each on TensorFlow; its torch version passes a
+    single upstream gradient, so torch has its own (`backend.torch`).
+    """
+
+    @ops.custom_gradient
+    def apply(*args):
+        outputs, grad = forward(*args)
+
+        def vjp(*upstreams):
+            if len(upstreams) == 1 and isinstance(upstreams[0], (tuple, list)):
+                (upstreams,) = upstreams
+            return tuple(grad(list(upstreams)))
+
+        return tuple(outputs), vjp
+
+    return apply

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_raptr.src.backend.common import HostScalars  # noqa: F401
 from keras_raptr.src.backend.common import StepAhead
+from keras_raptr.src.backend.common import custom_gradient  # noqa: F401
 from keras_raptr.src.backend.common import make_bound_train_function
 from keras_raptr.src.backend.common import run_blocks_with_cond as run_blocks  # noqa: F401
 

@@ -35,6 +35,28 @@ class _IdentityWithZeroGrad(torch.autograd.Function):
         return (grad, *zeros)
 
 
+class _CustomGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, forward, *args):
+        outputs, ctx.grad = forward(*args)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *upstreams):
+        return (None, *ctx.grad(list(upstreams)))
+
+
+def custom_gradient(forward):
+    """`keras.ops.custom_gradient` for a function of several outputs (see
+    `common.custom_gradient`). Keras' torch version passes its backward
+    pass one upstream gradient, whatever the outputs."""
+
+    def apply(*args):
+        return _CustomGradient.apply(forward, *args)
+
+    return apply
+
+
 def _skip(block, x):
     if not torch.is_grad_enabled():
         return x

@@ -500,20 +500,8 @@ class RandomPartStack(keras.layers.Layer):
         # selected for the kept blocks (`gather_slots`, once per weight).
         slot_of = sampler.slots_of(in_middle, num_slots)
         weights = [[v.value for v in b.trainable_variables] for b in middle]
-        # Each slot takes its weights out of the gathered ones at a run-time
-        # index (its own number, read back from the data), so that their
-        # gradients go into one buffer in place. At a constant index XLA
-        # fused all slots' gradients into each block's optimizer update,
-        # which then read every slot: 1.8 x the bytes the float32
-        # BERT-Base step moved at batch 1 (`docs/benchmarks.md`, "Peak
-        # memory of the gathered path").
-        slot_index = [ops.take(slot_of, kept[j]) for j in range(num_slots)]
-
-        def split(gathered):
-            return [ops.take(gathered, j, axis=0) for j in slot_index]
-
         weights_of_slot = list(zip(*[
-            split(gather_slots(list(values), kept, slot_of, in_middle))
+            gather_slots(list(values), kept, slot_of, in_middle)
             for values in zip(*weights)
         ]))
         # State as stored, so that what a block does not assign is written
@@ -607,8 +595,8 @@ class RandomPartStack(keras.layers.Layer):
 
 
 def gather_slots(values, kept, slot_of, is_kept):
-    """`values[kept[s]]` for each slot s, stacked: the kept blocks' copies
-    of one weight, in slot order.
+    """`values[kept[s]]` for each slot s: the kept blocks' copies of one
+    weight, a tuple in slot order.
 
     `values` holds that weight of every middle block (same shape and
     dtype); `kept` the kept blocks' positions, ascending; `slot_of[m]` the
@@ -619,40 +607,41 @@ def gather_slots(values, kept, slot_of, is_kept):
     A gather would first copy every block's weight into one stacked
     buffer; on the CPU-compiled BERT-Base step (float32, k = 6 of 12)
     selecting cost 108 MB less of XLA's temporary memory and 10% fewer
-    bytes moved (`docs/benchmarks.md`, "Peak memory of the gathered path").
+    bytes moved. Each slot's weight is its own output, not a slice of the
+    slots stacked: that held another copy of the kept weights, 121 MB
+    there (`docs/benchmarks.md`, "Peak memory of the gathered path").
 
     The gradient goes to each block directly: the upstream gradient of its
     slot where it was kept, zeros where it was skipped. Differentiating a
     gather would scatter the slots into zeros of every block's weight
-    stacked, and then slice that apart again (164-254 MB more there).
+    stacked, and then slice that apart again (164-254 MB more there). Each
+    block reads its slot's gradient at a run-time index (`slot_of`): at
+    constant indices XLA fused every slot's gradient into each block's
+    optimizer update, which then read all slots (1.8 x the bytes moved).
     """
+    num_slots = kept.shape[0]
+    spare = len(values) - num_slots
 
-    @ops.custom_gradient
-    def gather(*values):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            upstream = backend.dense(upstream)
-            zero = ops.zeros_like(upstream[0])
-            return tuple(
-                ops.where(
-                    is_kept[m], ops.take(upstream, slot_of[m], axis=0), zero
-                )
-                for m in range(len(values))
-            )
-
-        num_slots = kept.shape[0]
-        spare = len(values) - num_slots
-
+    def forward(*values):
         def select(s):
             value = values[s]
             for m in range(s + 1, s + spare + 1):
                 value = ops.where(ops.equal(kept[s], m), values[m], value)
             return value
 
-        return ops.stack([select(s) for s in range(num_slots)]), grad
+        def grad(upstreams):
+            upstream = ops.stack([backend.dense(u) for u in upstreams])
+            zero = ops.zeros_like(upstream[0])
+            return [
+                ops.where(
+                    is_kept[m], ops.take(upstream, slot_of[m], axis=0), zero
+                )
+                for m in range(len(values))
+            ]
 
-    return gather(*values)
+        return tuple(select(s) for s in range(num_slots)), grad
+
+    return backend.custom_gradient(forward)(*values)
 
 
 def _with_zero_gradient_to(x, blocks):
