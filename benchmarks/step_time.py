@@ -30,6 +30,9 @@ the full model.
 
     .venv/bin/python benchmarks/step_time.py   # all backends, CPU sizes
     .venv/bin/python benchmarks/step_time.py --backends jax --size gpu
+    # An A/B of RaPTr at k = 2 against its two limits, three rounds:
+    .venv/bin/python benchmarks/step_time.py --backends torch --keeps 2 \
+        --models raptr,idle,plain --processes 3
 
 Prints a Markdown table; `--json PATH` also writes the raw records.
 """
@@ -62,6 +65,7 @@ STACKED_HELP = (
     "weights stacked between steps (benchmarks/stacked_layout.py), at "
     "every k"
 )
+MODELS = ("plain", "raptr", "dynamic", "stacked", "idle")
 IDLE_HELP = (
     "also `idle k`: a plain k-block model that holds the other L - k blocks "
     "idle, with the zero gradient and optimizer update a skipped block gets "
@@ -302,11 +306,18 @@ def main():
                         help="comma-separated subset of the modes to measure: "
                         "jit (JAX), tf.function, XLA (TF), eager, compile "
                         "(torch); default all")
+    parser.add_argument("--models", default="plain,raptr,dynamic",
+                        help="comma-separated subset of the models to "
+                        f"measure: {', '.join(MODELS)} (default plain,raptr,"
+                        "dynamic; --stacked and --idle add theirs). `plain` "
+                        "measures plain k and the full model plain L")
     parser.add_argument("--processes", type=int, default=1,
                         help="run each configuration in this many processes, "
-                        "interleaved, and report the fastest process's median "
-                        "(TF on a 2-core CPU settles per process into one of "
-                        "two speeds, about 275 or 325 ms for the same model)")
+                        "interleaved (an A/B: one round of every model, then "
+                        "the next), and report the fastest process's median "
+                        "and, from 2 processes, the means over them (TF on a "
+                        "2-core CPU settles per process into one of two "
+                        "speeds, about 275 or 325 ms for the same model)")
     parser.add_argument("--stacked", action="store_true",
                         help=STACKED_HELP)
     parser.add_argument("--idle", action="store_true", help=IDLE_HELP)
@@ -342,6 +353,14 @@ def main():
     if args.modes and set(args.modes.split(",")) - set(known_modes):
         parser.error(f"--modes takes a comma-separated subset of "
                      f"{known_modes}, got {args.modes!r}")
+    models = set(args.models.split(","))
+    if not args.models or models - set(MODELS):
+        parser.error(f"--models takes a comma-separated subset of {MODELS}, "
+                     f"got {args.models!r}")
+    if args.stacked:
+        models.add("stacked")
+    if args.idle:
+        models.add("idle")
     if args.end_to_end:
         return end_to_end(args)
     if args.table_from:
@@ -388,9 +407,11 @@ def main():
                 + [("plain", k) for k in keeps if k < layers]
                 + [("raptr", k) for k in keeps]
                 + [("dynamic", k) for k in keeps if k < layers]
-                + [("stacked", k) for k in keeps if args.stacked]
-                + [("idle", k) for k in keeps if args.idle and k < layers]
+                + [("stacked", k) for k in keeps]
+                + [("idle", k) for k in keeps if k < layers]
             ):
+                if kind not in models:
+                    continue
                 jobs.append(dict(size, backend=backend, variant=variant,
                                  jit_compile=jit, kind=kind, keep=keep,
                                  mixed_precision=args.mixed_precision))
@@ -434,7 +455,9 @@ def _best_of_processes(runs):
     for group in runs:
         if group:
             best = min(group, key=lambda r: r["ms"])
-            records.append(dict(best, ms_processes=[r["ms"] for r in group]))
+            records.append(dict(
+                best, ms_processes=[r["ms"] for r in group],
+                cpu_ms_processes=[r["cpu_ms"] for r in group]))
     return records
 
 
@@ -628,6 +651,45 @@ def print_table(records, size):
             f"{' / '.join(f'{ms:.1f}' for ms in r['ms_processes'])} | "
             f"{r['peak_mb']:.0f} | {retraces} | "
             f"{r['compile_s']:.1f} |"
+        )
+    if max(len(r["ms_processes"]) for r in records) > 1:
+        print_means(records, size)
+
+
+def print_means(records, size):
+    """The means over processes, against plain k, idle k and plain L: the
+    read for an A/B where one machine's processes differ more than the
+    target (wall / CPU time; CPU is '-' in records saved before it was
+    kept per process)."""
+
+    def means(r):
+        cpu = r.get("cpu_ms_processes")
+        return (sum(r["ms_processes"]) / len(r["ms_processes"]),
+                sum(cpu) / len(cpu) if cpu else None)
+
+    def ratio(r, kind, keep):
+        other = next((q for q in records if q["backend"] == r["backend"]
+                      and q["variant"] == r["variant"] and q["kind"] == kind
+                      and q["keep"] == keep), None)
+        if other is None:
+            return "-"
+        (ms, cpu), (other_ms, other_cpu) = means(r), means(other)
+        cpu_ratio = f"{cpu / other_cpu:.3f}" if cpu and other_cpu else "-"
+        return f"{ms / other_ms:.3f} / {cpu_ratio}"
+
+    print("\nMeans over the processes (wall / CPU):\n")
+    print("| backend | mode | model | k of L | processes | mean ms/step | "
+          "mean CPU ms/step | vs plain k | vs idle k | vs plain L |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        ms, cpu = means(r)
+        print(
+            f"| {r['backend']} | {r['variant']} | {r['kind']} | "
+            f"{r['keep']} of {size['layers']} | {len(r['ms_processes'])} | "
+            f"{ms:.1f} | {f'{cpu:.0f}' if cpu else '-'} | "
+            f"{ratio(r, 'plain', r['keep'])} | "
+            f"{ratio(r, 'idle', r['keep'])} | "
+            f"{ratio(r, 'plain', size['layers'])} |"
         )
 
 

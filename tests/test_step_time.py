@@ -162,3 +162,48 @@ def test_the_idle_row_holds_blocks_that_compute_nothing_but_train():
     model.compile(model.optimizer, model.loss)
     model.fit(data, labels, batch_size=2, epochs=1, verbose=0)
     assert not np.array_equal(ops.convert_to_numpy(weight.value), held)
+
+
+def test_unknown_models_are_refused_before_any_run(monkeypatch, capsys):
+    step_time = load_script("benchmarks", "step_time.py")
+    monkeypatch.setattr(
+        step_time, "_run_config", lambda job: pytest.fail("a run started")
+    )
+    monkeypatch.setattr(sys, "argv", ["step_time.py", "--models", "raptr,x"])
+    with pytest.raises(SystemExit) as exit_info:
+        step_time.main()
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--models takes a comma-separated subset of" in error
+    assert "'raptr,x'" in error
+
+
+def test_an_ab_runs_the_chosen_models_in_rounds_and_prints_their_means(
+    monkeypatch, capsys
+):
+    # A 2-core machine's processes of one configuration differ by more than
+    # the 3% target, so an A/B runs one round of every model, then the next,
+    # and reads the means: the fastest process alone picks out the outlier.
+    step_time = load_script("benchmarks", "step_time.py")
+    order = []
+    base = {("plain", 8): 400.0, ("plain", 2): 100.0, ("raptr", 2): 104.0,
+            ("idle", 2): 102.0}
+
+    def run_config(job):
+        order.append((job["kind"], job["keep"]))
+        ms = base[job["kind"], job["keep"]] * (1.0 + 0.2 * (len(order) > 4))
+        return dict(job, ms=ms, ms_min=ms, cpu_ms=2 * ms, peak_mb=10.0,
+                    retraces=0, compile_s=1.0, device="cpu")
+
+    monkeypatch.setattr(step_time, "_run_config", run_config)
+    monkeypatch.setattr(sys, "argv", [
+        "step_time.py", "--backends", "torch", "--keeps", "2",
+        "--models", "raptr,plain", "--idle", "--processes", "2",
+    ])
+    step_time.main()
+    one_round = [("plain", 8), ("plain", 2), ("raptr", 2), ("idle", 2)]
+    assert order == one_round * 2  # no `dynamic`: not asked for
+    out = capsys.readouterr().out
+    # Means 114.4 (raptr) and 110.0 (plain 2): 1.040 in wall and CPU time.
+    assert ("| torch | eager | raptr | 2 of 8 | 2 | 114.4 | 229 | "
+            "1.040 / 1.040 | 1.020 / 1.020 | 0.260 / 0.260 |") in out
