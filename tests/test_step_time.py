@@ -7,6 +7,20 @@ import pytest
 from tests.common import load_script
 
 
+def _refused_before_any_run(argv, monkeypatch, capsys):
+    """Runs step_time.py with `argv`, which must be refused (exit code 2)
+    before any configuration starts; returns the error printed."""
+    step_time = load_script("benchmarks", "step_time.py")
+    monkeypatch.setattr(
+        step_time, "_run_config", lambda job: pytest.fail("a run started")
+    )
+    monkeypatch.setattr(sys, "argv", ["step_time.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        step_time.main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -21,15 +35,7 @@ def test_keep_counts_outside_the_stack_are_refused_before_any_run(
 ):
     # Before, k < 2 was raised to 2 without a word and k > L failed in a
     # worker process minutes into the grid.
-    step_time = load_script("benchmarks", "step_time.py")
-    monkeypatch.setattr(
-        step_time, "_run_config", lambda job: pytest.fail("a run started")
-    )
-    monkeypatch.setattr(sys, "argv", ["step_time.py", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        step_time.main()
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
+    error = _refused_before_any_run(argv, monkeypatch, capsys)
     assert "--keeps takes comma-separated keep counts in" in error
     assert expected in error
 
@@ -88,15 +94,8 @@ def test_gpu_scripts_parse():
 def test_sizes_overridden_by_non_positive_values_are_refused(
     name, monkeypatch, capsys
 ):
-    step_time = load_script("benchmarks", "step_time.py")
-    monkeypatch.setattr(
-        step_time, "_run_config", lambda job: pytest.fail("a run started")
-    )
-    monkeypatch.setattr(sys, "argv", ["step_time.py", name, "0"])
-    with pytest.raises(SystemExit) as exit_info:
-        step_time.main()
-    assert exit_info.value.code == 2
-    assert f"{name} takes a positive int; got 0" in capsys.readouterr().err
+    error = _refused_before_any_run([name, "0"], monkeypatch, capsys)
+    assert f"{name} takes a positive int; got 0" in error
 
 
 def test_the_stacked_prototype_trains_the_subsets_the_stack_draws():
@@ -165,15 +164,8 @@ def test_the_idle_row_holds_blocks_that_compute_nothing_but_train():
 
 
 def test_unknown_models_are_refused_before_any_run(monkeypatch, capsys):
-    step_time = load_script("benchmarks", "step_time.py")
-    monkeypatch.setattr(
-        step_time, "_run_config", lambda job: pytest.fail("a run started")
-    )
-    monkeypatch.setattr(sys, "argv", ["step_time.py", "--models", "raptr,x"])
-    with pytest.raises(SystemExit) as exit_info:
-        step_time.main()
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
+    error = _refused_before_any_run(["--models", "raptr,x"], monkeypatch,
+                                    capsys)
     assert "--models takes a comma-separated subset of" in error
     assert "'raptr,x'" in error
 
