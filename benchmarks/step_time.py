@@ -60,12 +60,12 @@ SIZES = {
 }
 
 
+MODELS = ("plain", "raptr", "dynamic", "stacked", "idle")
 STACKED_HELP = (
     "also `stacked k`: the prototype layout that holds the middle blocks' "
     "weights stacked between steps (benchmarks/stacked_layout.py), at "
     "every k"
 )
-MODELS = ("plain", "raptr", "dynamic", "stacked", "idle")
 IDLE_HELP = (
     "also `idle k`: a plain k-block model that holds the other L - k blocks "
     "idle, with the zero gradient and optimizer update a skipped block gets "
@@ -354,7 +354,7 @@ def main():
         parser.error(f"--modes takes a comma-separated subset of "
                      f"{known_modes}, got {args.modes!r}")
     models = set(args.models.split(","))
-    if not args.models or models - set(MODELS):
+    if models - set(MODELS):
         parser.error(f"--models takes a comma-separated subset of {MODELS}, "
                      f"got {args.models!r}")
     if args.stacked:
@@ -619,6 +619,14 @@ def end_to_end(args):
               "stage's first step, which holds its compile)")
 
 
+def _record_like(records, r, kind, keep):
+    """The record of `kind` at `keep` measured on r's backend and mode, or
+    None."""
+    return next((q for q in records if q["backend"] == r["backend"]
+                 and q["variant"] == r["variant"] and q["kind"] == kind
+                 and q["keep"] == keep), None)
+
+
 def print_table(records, size):
     print(
         f"\nL={size['layers']} blocks (TransformerEncoder dim={size['dim']}, "
@@ -632,11 +640,8 @@ def print_table(records, size):
           "process | peak MB | retraces | compile+warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        same = [q for q in records
-                if q["backend"] == r["backend"] and q["variant"] == r["variant"]
-                and q["kind"] == "plain"]
-        full = next((q for q in same if q["keep"] == size["layers"]), None)
-        limit = next((q for q in same if q["keep"] == r["keep"]), None)
+        full = _record_like(records, r, "plain", size["layers"])
+        limit = _record_like(records, r, "plain", r["keep"])
         vs_limit = f"{r['ms'] / limit['ms']:.3f}" if limit else "-"
         vs_full = f"{r['ms'] / full['ms']:.3f}" if full else "-"
         cpu_vs_limit = (
@@ -668,9 +673,7 @@ def print_means(records, size):
                 sum(cpu) / len(cpu) if cpu else None)
 
     def ratio(r, kind, keep):
-        other = next((q for q in records if q["backend"] == r["backend"]
-                      and q["variant"] == r["variant"] and q["kind"] == kind
-                      and q["keep"] == keep), None)
+        other = _record_like(records, r, kind, keep)
         if other is None:
             return "-"
         (ms, cpu), (other_ms, other_cpu) = means(r), means(other)
