@@ -30,6 +30,11 @@
 # holding the other blocks idle (zero gradient and AdamW update: the limit
 # under RaPTr's gradient semantics). On JAX about 3 compiles more.
 #   MODE=grid,ops LAYOUT_ROWS=1 BACKENDS=jax KEEPS=6 bash benchmarks/gpu/run.sh
+# MODELS (grid only) runs just those models (step_time.py --models; `plain`
+# gives both the limit, plain k, and the full model, plain L). A short A/B
+# of RaPTr against its two limits at one k, on JAX about 3 min at the GPU
+# size (four compiles of about 30 s, each in its own process; an estimate):
+#   MODE=grid MODELS=plain,raptr,idle BACKENDS=jax KEEPS=6 bash benchmarks/gpu/run.sh
 # COMPILE_AHEAD=both adds a RaPTr run with StageScheduler(compile_ahead=False).
 #   SIZE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh  # CPU check
 #   SIZE=cpu MODE=e2e E2E_STEPS=8 PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh
@@ -103,6 +108,7 @@ PYEOF
             timeout "$GRID_TIMEOUT" "$PY" benchmarks/step_time.py \
                 --size "$SIZE" --backends "$backend" \
                 --keeps "${KEEPS:-$DEFAULT_KEEPS}" $MP $STK \
+                ${MODELS:+--models "$MODELS"} \
                 --json "${OUT:-/tmp}/step_time_$backend.json" \
                 || { echo "== grid $backend ended with status $?: the" \
                           "table of what it finished follows"
